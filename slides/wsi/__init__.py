@@ -1,0 +1,1 @@
+"""Django-free whole-slide image tools: slides, tissue, patches, barcodes, contours."""
