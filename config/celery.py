@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from celery import Celery, Task
-from kombu import Queue
+from kombu import Exchange, Queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
@@ -21,7 +21,12 @@ CPU_QUEUE = "cpu"
 GPU_QUEUE = "gpu"
 GPU_TASKS = ("training.tasks.*", "tumormap.ping_gpu")
 
-app.conf.task_queues = (Queue(CPU_QUEUE), Queue(GPU_QUEUE))
+# Each queue has its own direct exchange and routing key, so a message routed to one queue can
+# never be consumed from the other, whatever the transport.
+app.conf.task_queues = tuple(
+    Queue(name, Exchange(name, type="direct"), routing_key=name) for name in (CPU_QUEUE, GPU_QUEUE)
+)
+app.conf.update(task_default_exchange=CPU_QUEUE, task_default_routing_key=CPU_QUEUE)
 app.conf.task_routes = {pattern: {"queue": GPU_QUEUE} for pattern in GPU_TASKS}
 app.autodiscover_tasks()
 
@@ -33,7 +38,9 @@ def _create_embedded_broker_folders(sender: Celery, **_: object) -> None:
 
     if settings.CELERY_EMBEDDED_BROKER:
         for key in ("data_folder_in", "processed_folder", "control_folder"):
-            Path(str(settings.CELERY_BROKER_TRANSPORT_OPTIONS[key])).mkdir(parents=True, exist_ok=True)
+            Path(str(settings.CELERY_BROKER_TRANSPORT_OPTIONS[key])).mkdir(
+                parents=True, exist_ok=True
+            )
         results = settings.CELERY_RESULT_BACKEND
         if results.startswith("file://"):
             Path(results.removeprefix("file://")).mkdir(parents=True, exist_ok=True)

@@ -165,7 +165,9 @@ TUMORMAP_MAX_UPLOAD_BYTES: int = env.int("TUMORMAP_MAX_UPLOAD_BYTES", default=20
 
 # --- Celery ---------------------------------------------------------------------------------------
 REDIS_URL: str = env.str("REDIS_URL", default="")
-CELERY_BROKER_URL: str = env.str("CELERY_BROKER_URL", default=REDIS_URL or "filesystem://")
+CELERY_BROKER_URL: str = env.str(
+    "CELERY_BROKER_URL", default=REDIS_URL or "filesystem://localhost/"
+)
 CELERY_EMBEDDED_BROKER = CELERY_BROKER_URL.startswith("filesystem://")
 BROKER_DIR = VAR_DIR / "broker"
 if CELERY_EMBEDDED_BROKER:
