@@ -61,7 +61,9 @@ def cohort_split(
     split yet are placed (a re-import never reshuffles). A case that already has trained runs
     is never moved unless ``force``. Returns the unit -> split assignment that was written.
     """
-    slides = list(Slide.objects.select_for_update().filter(cohort=cohort).select_related("case"))
+    slides = list(
+        Slide.objects.select_for_update(of=("self",)).filter(cohort=cohort).select_related("case")
+    )
     locked = {split_unit(s): s.split for s in slides if s.split_locked}
     current: dict[str, str] = {}
     for slide in slides:
