@@ -1,0 +1,250 @@
+"""Whole-slide inference throughput: patches/s end to end, and what bounds it.
+
+One synthetic 20x slide (0.5 um/px) is generated (or reused from ``--workdir``) and inferred
+with ``training.mil.infer.infer_slide`` at 224 px / 0.5 um/px, as the paper's maps are. Three
+figures, each best of ``--repeats``:
+
+- ``end to end``: ``infer_slide`` as a task calls it: tissue mask, grid, threaded patch reads
+  overlapped with the model, stitching; everything from the slide path to the finished map.
+- ``reading only``: the same call with a model that returns zeros at once: the I/O ceiling of
+  the reader threads (OpenSlide reads, RGBA -> RGB, resize, batch assembly).
+- ``model only``: the network on one random batch already on the device, repeated (compute
+  ceiling; CUDA synchronised).
+- ``sequential``: the baseline without overlap: read a batch, then run the model on it, in one
+  thread (same grid, batches, transform and precision).
+
+CPU (what this machine can run)::
+
+    .venv/bin/python bench/bench_infer.py --arch resnet18 --threads 1
+
+GPU worker (target >= 10,000 patches/s for ResNet50 in bf16 at 224 px on one H100)::
+
+    python bench/bench_infer.py --device cuda --arch resnet50 --amp --channels-last \\
+        --batch-size 256 --readers 14 --width 32768 --height 24576
+
+The weights are random (``pretrained="none"``): throughput does not depend on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT_ROOT))
+
+from slides.wsi.sampler import PatchSampler  # noqa: E402
+from slides.wsi.synthetic import generate_slide  # noqa: E402
+from training.mil.config import RunConfig  # noqa: E402
+from training.mil.device import (  # noqa: E402
+    autocast,
+    configure_backends,
+    prepare_model,
+    resolve_device,
+)
+from training.mil.infer import default_readers, infer_slide  # noqa: E402
+from training.mil.model import build_model, map_shape  # noqa: E402
+from training.mil.presets import IMAGENET_NORMALISATION, prepare_batch  # noqa: E402
+
+PATCH = 224
+MPP = 0.5
+TARGET_GPU = 10_000.0  # patches/s, ResNet50 bf16 224 px on one H100
+# Model-only timing: this many forward passes after the warm-up ones.
+MODEL_ITERATIONS = 5
+WARMUP_ITERATIONS = 2
+
+
+class NullModel(nn.Module):
+    """Returns zero logits of the real map shape at once: what is left is the I/O pipeline."""
+
+    def __init__(self, cells: tuple[int, int]) -> None:
+        super().__init__()
+        self.cells = cells
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.zeros(x.shape[0], 1, *self.cells, device=x.device)
+
+
+def machine() -> str:
+    """CPU model, cores, Python and torch versions, and the GPU when one is used."""
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        model = next(
+            line.split(":", 1)[1].strip() for line in lscpu.splitlines() if "Model name" in line
+        )
+    except (OSError, subprocess.SubprocessError, StopIteration):
+        model = platform.processor() or "unknown"
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return (
+        f"{platform.machine()} {model}, {os.cpu_count()} cores{gpu}; Python "
+        f"{platform.python_version()}, torch {torch.__version__}"
+    )
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def model_only(model: nn.Module, config: RunConfig, device: torch.device, batch_size: int) -> float:
+    """Patches/s of the network alone on one random uint8 batch (best of the iterations)."""
+    rng = np.random.default_rng(0)
+    patches = rng.integers(0, 256, (batch_size, PATCH, PATCH, 3), dtype=np.uint8)
+    channels_last = config.channels_last and device.type == "cuda"
+    amp = config.amp and device.type == "cuda"
+    x = prepare_batch(
+        patches, device=device, normalisation=IMAGENET_NORMALISATION, channels_last=channels_last
+    )
+    model.eval()
+    best = float("inf")
+    with torch.inference_mode():
+        for iteration in range(WARMUP_ITERATIONS + MODEL_ITERATIONS):
+            _sync(device)
+            start = time.perf_counter()
+            with autocast(device, amp):
+                torch.sigmoid(model(x).float()).mul(255).round().to(torch.uint8).cpu()
+            _sync(device)
+            if iteration >= WARMUP_ITERATIONS:
+                best = min(best, time.perf_counter() - start)
+    return batch_size / best
+
+
+def sequential(
+    model: nn.Module, slide_path: Path, config: RunConfig, device: torch.device, batch_size: int
+) -> tuple[int, float]:
+    """The baseline: read a batch, then infer it, in one thread; (patches, seconds)."""
+    start = time.perf_counter()
+    sampler = PatchSampler(slide_path, patch_size=PATCH, target_mpp=MPP)
+    grid = sampler.grid()
+    channels_last = config.channels_last and device.type == "cuda"
+    model.eval()
+    with torch.inference_mode():
+        for first in range(0, len(grid.l0_xy), batch_size):
+            patches = sampler.read(grid.l0_xy[first : first + batch_size])
+            x = prepare_batch(
+                patches,
+                device=device,
+                normalisation=IMAGENET_NORMALISATION,
+                channels_last=channels_last,
+            )
+            with autocast(device, config.amp):
+                torch.sigmoid(model(x).float()).mul(255).round().to(torch.uint8).cpu()
+    _sync(device)
+    return len(grid.l0_xy), time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument("--arch", default="resnet18", choices=["resnet18", "resnet34", "resnet50"])
+    parser.add_argument("--output-stride", type=int, default=32, choices=[16, 32])
+    parser.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA only)")
+    parser.add_argument("--channels-last", action="store_true", help="channels-last (CUDA only)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile (CUDA only)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--readers", type=int, default=None, help="reader threads")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument("--width", type=int, default=6144, help="synthetic slide width (px)")
+    parser.add_argument("--height", type=int, default=4608, help="synthetic slide height (px)")
+    parser.add_argument("--repeats", type=int, default=2, help="best of this many runs")
+    parser.add_argument("--workdir", type=Path, default=None, help="where the slide goes")
+    args = parser.parse_args()
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    configure_backends(device)
+    config = RunConfig(
+        alpha=0.4,
+        beta=0.2,
+        arch=args.arch,
+        output_stride=args.output_stride,
+        pretrained="none",
+        patch_size=PATCH,
+        target_mpp=MPP,
+        amp=args.amp,
+        channels_last=args.channels_last,
+        compile=args.compile,
+    )
+    readers = args.readers or default_readers()
+    workdir = args.workdir or Path(tempfile.gettempdir()) / "tumormap_bench_infer"
+    workdir.mkdir(parents=True, exist_ok=True)
+    slide_path = workdir / f"synthetic20x_{args.width}x{args.height}.svs"
+    if not slide_path.is_file():
+        start = time.perf_counter()
+        generate_slide(slide_path, seed=3, tumor=True, width=args.width, height=args.height)
+        print(f"generated {slide_path.name} in {time.perf_counter() - start:.1f} s")
+
+    torch.manual_seed(0)
+    model = build_model(config)
+    cells = map_shape(model, PATCH)
+    net = prepare_model(
+        model, device, channels_last=config.channels_last, compile_model=config.compile
+    )
+
+    def end_to_end(network: nn.Module) -> tuple[int, float]:
+        best, totals = float("inf"), [0]
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            infer_slide(
+                network,
+                slide_path,
+                config=config,
+                normalisation=IMAGENET_NORMALISATION,
+                device=device,
+                batch_size=args.batch_size,
+                readers=readers,
+                on_progress=lambda _done, total: totals.append(total),
+            )
+            _sync(device)
+            best = min(best, time.perf_counter() - start)
+        return totals[-1], best
+
+    # Warm-up (cuDNN autotuning, compile, OpenSlide caches), not timed.
+    model_only(net, config, device, args.batch_size)
+    compute = model_only(net, config, device, args.batch_size)
+    read_patches, read_seconds = end_to_end(NullModel(cells))
+    patches, seconds = end_to_end(net)
+    serial = [
+        sequential(net, slide_path, config, device, args.batch_size) for _ in range(args.repeats)
+    ]
+    serial_patches, serial_seconds = min(serial, key=lambda run: run[1])
+
+    precision = "bf16" if config.amp and device.type == "cuda" else "fp32"
+    layout = "channels-last" if config.channels_last and device.type == "cuda" else "NCHW"
+    print(f"\nmachine: {machine()}")
+    print(
+        f"{args.arch} stride {args.output_stride}, {PATCH} px at {MPP} um/px, {precision}, "
+        f"{layout}, batch {args.batch_size}, {readers} reader threads, torch threads "
+        f"{torch.get_num_threads()}, slide {args.width} x {args.height} ({patches} tissue "
+        f"patches of {cells[0]} x {cells[1]} cells), best of {args.repeats}\n"
+    )
+    print("| measure | patches | seconds | patches/s |")
+    print("| --- | --- | --- | --- |")
+    print(f"| end to end (`infer_slide`) | {patches} | {seconds:.2f} | {patches / seconds:,.0f} |")
+    print(
+        f"| reading only (null model) | {read_patches} | {read_seconds:.2f} | "
+        f"{read_patches / read_seconds:,.0f} |"
+    )
+    print(f"| model only (random batch on device) | {args.batch_size} | - | {compute:,.0f} |")
+    print(
+        f"| sequential baseline (read, then model) | {serial_patches} | {serial_seconds:.2f} | "
+        f"{serial_patches / serial_seconds:,.0f} |"
+    )
+    if device.type == "cuda" and args.arch == "resnet50":
+        verdict = "met" if patches / seconds >= TARGET_GPU else "NOT met"
+        print(f"\ntarget >= {TARGET_GPU:,.0f} patches/s end to end: {verdict}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,489 @@
+"""Whole-slide inference: a trained fully convolutional network turned into one tumor map.
+
+The slide is cut into a regular grid of NON-overlapping patches at the run's ``target_mpp`` and
+``patch_size`` (:meth:`slides.wsi.sampler.PatchSampler.grid`); every patch holding any tissue
+(``GRID_MIN_TISSUE``) is inferred, in batches, and each patch's h x w logit map (7 x 7 for
+224 px at output stride 32) is passed through a sigmoid and stitched in place: grid patch
+``(r, c)`` fills map cells ``(r * h + i, c * w + j)``. A map cell is therefore
+``l0_patch_size / h`` level-0 pixels wide, and cell ``(m_row, m_col)`` covers level-0
+``l0_origin + (m_col, m_row) * l0_cell_size`` to the next multiple. Grid corners are rounded to
+whole level-0 pixels by the sampler, so a patch may sit up to half a level-0 pixel away from its
+cells; at 32 level-0 pixels per cell this is invisible.
+
+Reading overlaps computing: patches are read by a small pool of threads (OpenSlide, its pixel
+conversion and Pillow's resize release the GIL), several batches ahead, while the model runs
+on the current batch; batches are consumed in grid order, so the result does not depend on
+thread timing. On CUDA the model runs under bf16 autocast with channels-last memory (as in
+training); on the CPU it runs in fp32.
+
+Probabilities are stored as ``round(p * 255)`` in uint8, the form the exact histogram AUC of
+:mod:`evaluation.metrics.auc` consumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from shapely.geometry.base import BaseGeometry
+from torch import Tensor, nn
+
+from common.errors import EmptyTissueError, InvalidInputError, TumorMapError
+from slides.wsi.rasterize import rasterize
+from slides.wsi.sampler import GRID_MIN_TISSUE, PatchGrid, PatchSampler
+from slides.wsi.tissue import TissueMask
+from training.mil.checkpoint import load_model
+from training.mil.config import RunConfig
+from training.mil.device import (
+    autocast,
+    configure_backends,
+    prepare_model,
+    resolve_device,
+    uses_channels_last,
+)
+from training.mil.loop import RunCancelled
+from training.mil.presets import Normalisation, prepare_batch
+
+logger = logging.getLogger(__name__)
+
+# Patches per forward pass. 128 x 224 px patches are 19 MB of uint8 and ~0.5 GB of ResNet50
+# activations in bf16: large enough to keep a GPU busy, small enough to share it.
+DEFAULT_BATCH_SIZE = 128
+# A bigger batch would not speed a GPU up any further and its activations (ResNet50, 224 px)
+# would exceed the memory of most cards; a typo such as 100000 must fail early, not OOM.
+MAX_BATCH_SIZE = 4096
+# Reader threads by default: enough to feed a GPU from a many-core worker (each thread reads
+# ~500-800 patches/s at 20x), capped because OpenSlide's per-handle tile cache is shared and
+# more threads mostly contend for the GIL in Python-level glue.
+MAX_DEFAULT_READERS = 8
+# Batches read ahead of the one being computed, per reader: one in flight per thread plus one
+# ready, so the model never waits for a read that could have started earlier.
+PREFETCH_PER_READER = 2
+# The largest map accepted (cells): a uint8 map plus its bool mask of 2^28 cells take 512 MiB,
+# and the rasterised truth as much again during evaluation. A real slide at the paper's setting
+# (224 px at 0.5 um/px, 7 x 7 cells per patch) has a few million cells; only a misconfiguration
+# (tiny patches at a very fine resolution on a huge slide) comes near this.
+MAX_MAP_CELLS = 1 << 28
+# Probabilities are stored on this many levels: uint8, round(p * 255).
+PROB_LEVELS = 255
+
+ProgressFn = Callable[[int, int], None]
+StopFn = Callable[[], bool]
+
+
+class InferenceCancelled(RunCancelled):
+    """``should_stop()`` returned True between two batches: inference stopped, nothing returned.
+
+    A :class:`~training.mil.loop.RunCancelled`, so a task catching cancelled runs catches
+    cancelled inference too.
+    """
+
+    code = "inference_cancelled"
+
+    def __init__(self, done_patches: int, total_patches: int) -> None:
+        # RunCancelled's own constructor speaks of training epochs; the fields it defines are
+        # still set below for handlers that read them.
+        TumorMapError.__init__(
+            self,
+            f"inference cancelled after {done_patches} of {total_patches} patches",
+            details={"done_patches": done_patches, "total_patches": total_patches},
+        )
+        self.epoch = 0
+        self.step = done_patches
+        self.done_patches = done_patches
+        self.total_patches = total_patches
+
+
+class InferenceError(TumorMapError):
+    """The model could not produce a usable map (wrong output shape, NaN, out of memory)."""
+
+    code = "inference_failed"
+    http_status = 422
+
+
+@dataclass(frozen=True, eq=False)
+class SlideMap:
+    """A whole-slide probability map on a regular grid of cells, in level-0 coordinates.
+
+    ``probs[m_row, m_col]`` is ``round(p * 255)``; ``valid`` is True where a tissue patch was
+    inferred and the cell's centre lies on the slide (cells of glass-only patches, and cells
+    past the slide's border where the grid overhangs it, are False with ``probs`` 0).
+    """
+
+    probs: np.ndarray  # uint8 (m_rows, m_cols)
+    valid: np.ndarray  # bool (m_rows, m_cols)
+    l0_origin: tuple[float, float]  # level-0 (x, y) of cell (0, 0)'s top-left corner
+    l0_cell_size: float  # level-0 pixels per map cell
+    patch_size: int  # patch side in pixels at target_mpp
+    target_mpp: float  # resolution the patches were read at, um/px
+    m_cells_per_patch: tuple[int, int]  # (h, w) of one patch's map
+    l0_slide_size: tuple[int, int]  # (width, height) of the slide's level 0
+    slide_mpp: float  # the slide's level-0 resolution, um/px
+
+    def __post_init__(self) -> None:
+        probs, valid = np.asarray(self.probs), np.asarray(self.valid)
+        if probs.dtype != np.uint8 or probs.ndim != 2:
+            raise InvalidInputError(
+                f"a map's probs must be a 2-D uint8 array, got {probs.dtype} {probs.shape}"
+            )
+        if valid.dtype != np.bool_ or valid.shape != probs.shape:
+            raise InvalidInputError(
+                f"a map's valid mask must be bool of shape {probs.shape}, "
+                f"got {valid.dtype} {valid.shape}"
+            )
+        if not (math.isfinite(self.l0_cell_size) and self.l0_cell_size > 0):
+            raise InvalidInputError(f"l0_cell_size must be positive, got {self.l0_cell_size}")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(m_rows, m_cols)."""
+        return (int(self.probs.shape[0]), int(self.probs.shape[1]))
+
+    @property
+    def output_stride(self) -> float:
+        """Patch pixels (at ``target_mpp``) per map cell: the network's effective stride."""
+        return self.patch_size / self.m_cells_per_patch[0]
+
+    @property
+    def um_per_cell(self) -> float:
+        """Micrometres per map cell."""
+        return self.l0_cell_size * self.slide_mpp
+
+    def m_cell_of(self, l0_xy: np.ndarray) -> np.ndarray:
+        """(N, 2) int64 (m_row, m_col) of the cells holding level-0 points (x, y) (N, 2).
+
+        Points off the map give indices outside ``[0, shape)``; callers clip or mask them.
+        """
+        xy = np.asarray(l0_xy, dtype=np.float64).reshape(-1, 2)
+        m_col = np.floor((xy[:, 0] - self.l0_origin[0]) / self.l0_cell_size)
+        m_row = np.floor((xy[:, 1] - self.l0_origin[1]) / self.l0_cell_size)
+        return np.stack([m_row, m_col], axis=1).astype(np.int64)
+
+
+def default_readers() -> int:
+    """Reader threads used when the caller does not say: one per core, at most 8."""
+    return max(1, min(MAX_DEFAULT_READERS, os.cpu_count() or 1))
+
+
+def _check_arguments(batch_size: int, readers: int) -> None:
+    if not 1 <= batch_size <= MAX_BATCH_SIZE:
+        raise InvalidInputError(
+            f"batch_size must be in [1, {MAX_BATCH_SIZE}], got {batch_size}",
+            details={"field": "batch_size"},
+        )
+    if readers < 1:
+        raise InvalidInputError(
+            f"readers must be >= 1, got {readers}", details={"field": "readers"}
+        )
+
+
+def _check_map_size(grid: PatchGrid, cells: tuple[int, int], path: Path) -> None:
+    m_rows, m_cols = grid.shape[0] * cells[0], grid.shape[1] * cells[1]
+    if m_rows * m_cols > MAX_MAP_CELLS:
+        raise InvalidInputError(
+            f"the map of {path.name!r} would have {m_rows} x {m_cols} cells, more than "
+            f"{MAX_MAP_CELLS}: use larger patches or a coarser target_mpp",
+            details={"path": str(path), "shape": [m_rows, m_cols], "max_cells": MAX_MAP_CELLS},
+        )
+
+
+def _read_batch(
+    sampler: PatchSampler, l0_xy: np.ndarray, pad_to: int | None, pin: bool
+) -> tuple[Tensor, int]:
+    """Read one batch on a reader thread: (uint8 NHWC tensor, number of real patches)."""
+    patches = sampler.read(l0_xy)
+    count = len(patches)
+    if pad_to is not None and count < pad_to:
+        # A constant batch shape spares cuDNN autotuning and torch.compile a new shape for the
+        # last, partial batch; the padding's outputs are discarded.
+        padded = np.zeros((pad_to, *patches.shape[1:]), dtype=np.uint8)
+        padded[:count] = patches
+        patches = padded
+    tensor = torch.from_numpy(patches)
+    if pin:
+        # Page-locked memory lets the host-to-device copy run asynchronously.
+        tensor = tensor.pin_memory()
+    return tensor, count
+
+
+def _check_logits(logits: Tensor, count: int, path: Path) -> None:
+    if logits.dim() != 4 or logits.shape[0] < count or logits.shape[1] != 1:
+        raise InferenceError(
+            f"the model must return (N, 1, h, w) logits, got shape {tuple(logits.shape)} "
+            f"for {count} patches",
+            details={"path": str(path), "shape": list(logits.shape)},
+        )
+
+
+def _to_levels(logits: Tensor) -> np.ndarray:
+    """(N, 1, h, w) logits -> (N, h, w) uint8 round(sigmoid * 255), computed on the device."""
+    probs = torch.sigmoid(logits.float())
+    return probs.mul_(PROB_LEVELS).round_().to(torch.uint8)[:, 0].cpu().numpy()
+
+
+def infer_slide(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    config: RunConfig,
+    normalisation: Normalisation,
+    device: str | torch.device = "auto",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    default_mpp: float | None = None,
+    tissue: TissueMask | None = None,
+    readers: int | None = None,
+    on_progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+) -> SlideMap:
+    """Infer ``model`` over every tissue patch of one slide and stitch a :class:`SlideMap`.
+
+    ``config`` gives the patch geometry (``patch_size`` at ``target_mpp``) and the precision
+    policy (``amp``, ``channels_last``: CUDA only); ``normalisation`` is the run's training
+    statistics (eval standardisation, no augmentation). ``model`` is any module returning
+    ``(N, 1, h, w)`` logits; it is moved to ``device`` and run in eval mode under
+    ``torch.inference_mode()``, its training mode restored afterwards. ``tissue`` replaces the
+    slide's computed tissue mask; ``default_mpp`` is used when the slide has no resolution
+    metadata. ``readers``: reader threads (default :func:`default_readers`).
+
+    ``on_progress(done_patches, total_patches)`` is called after every batch;
+    ``should_stop()`` is polled before every batch and raises :class:`InferenceCancelled`.
+    Raises EmptyTissueError when the grid holds no tissue patch, SlideUnreadableError when the
+    slide cannot be read, InferenceError when the model's output is unusable.
+    """
+    slide_path = Path(os.fspath(path))
+    n_readers = default_readers() if readers is None else int(readers)
+    _check_arguments(batch_size, n_readers)
+    dev = resolve_device(device)
+    sampler = PatchSampler(
+        slide_path,
+        patch_size=config.patch_size,
+        target_mpp=config.target_mpp,
+        default_mpp=default_mpp,
+        tissue=tissue,
+        min_tissue=config.min_tissue,
+    )
+    grid = sampler.grid(min_tissue=GRID_MIN_TISSUE)
+    # The exact (h, w) is only known from the model's output; ceil(S / stride) is what the
+    # configured ResNet gives and is enough to refuse an absurd map before reading anything.
+    expected = math.ceil(config.patch_size / config.output_stride)
+    _check_map_size(grid, (expected, expected), slide_path)
+    if config.patch_size % config.output_stride:
+        logger.warning(
+            "%s: patch size %d is not a multiple of the output stride %d; the last cell of "
+            "each patch covers less of it than the others",
+            slide_path.name,
+            config.patch_size,
+            config.output_stride,
+        )
+
+    channels_last = uses_channels_last(dev, config.channels_last)
+    was_training = model.training
+    model.to(dev)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    model.eval()
+    total = len(grid.l0_xy)
+    starts = list(range(0, total, batch_size))
+    pad_to = batch_size if dev.type == "cuda" else None
+    pin = dev.type == "cuda"
+    probs: np.ndarray | None = None
+    cells = (0, 0)
+    done = 0
+    started = time.perf_counter()
+    executor = ThreadPoolExecutor(max_workers=n_readers, thread_name_prefix="tumormap-infer-read")
+    pending: deque[Future[tuple[Tensor, int]]] = deque()
+    next_batch = 0
+
+    def submit_ahead() -> None:
+        nonlocal next_batch
+        while next_batch < len(starts) and len(pending) < n_readers * PREFETCH_PER_READER:
+            start = starts[next_batch]
+            l0_xy = grid.l0_xy[start : start + batch_size]
+            pending.append(executor.submit(_read_batch, sampler, l0_xy, pad_to, pin))
+            next_batch += 1
+
+    try:
+        with torch.inference_mode():
+            submit_ahead()
+            for start in starts:
+                if should_stop is not None and should_stop():
+                    raise InferenceCancelled(done, total)
+                batch, count = pending.popleft().result()
+                submit_ahead()
+                x = prepare_batch(
+                    batch, device=dev, normalisation=normalisation, channels_last=channels_last
+                )
+                try:
+                    with autocast(dev, config.amp):
+                        logits = model(x)
+                except torch.cuda.OutOfMemoryError as exc:
+                    raise InferenceError(
+                        f"out of GPU memory at batch size {batch_size}: lower batch_size",
+                        details={"path": str(slide_path), "batch_size": batch_size},
+                    ) from exc
+                except RuntimeError as exc:  # torch's error for a model that cannot run
+                    raise InferenceError(
+                        f"the model failed on {slide_path.name!r}: {exc}",
+                        details={"path": str(slide_path)},
+                    ) from exc
+                _check_logits(logits, count, slide_path)
+                logits = logits[:count]
+                if not bool(torch.isfinite(logits).all()):
+                    raise InferenceError(
+                        f"the model produced non-finite logits on {slide_path.name!r}",
+                        details={"path": str(slide_path)},
+                    )
+                levels = _to_levels(logits)
+                if probs is None:
+                    cells = (int(levels.shape[1]), int(levels.shape[2]))
+                    _check_map_size(grid, cells, slide_path)
+                    probs = np.zeros(
+                        (grid.shape[0] * cells[0], grid.shape[1] * cells[1]), dtype=np.uint8
+                    )
+                elif levels.shape[1:] != cells:
+                    raise InferenceError(
+                        f"the model's map shape changed from {cells} to {levels.shape[1:]}",
+                        details={"path": str(slide_path)},
+                    )
+                index = grid.index[start : start + count]
+                # A (rows, h, cols, w) view: patch (r, c) is the block [r, :, c, :].
+                blocks = probs.reshape(grid.shape[0], cells[0], grid.shape[1], cells[1])
+                blocks[index[:, 0], :, index[:, 1], :] = levels
+                done += count
+                if on_progress is not None:
+                    on_progress(done, total)
+    finally:
+        for future in pending:
+            future.cancel()
+        # Reads already running finish before returning: no thread keeps using the slide.
+        executor.shutdown(wait=True, cancel_futures=True)
+        model.train(was_training)
+
+    if probs is None:  # grid() already refuses an empty grid; kept for the type checker
+        raise EmptyTissueError(
+            f"slide {slide_path.name!r} has no tissue patch to infer",
+            details={"path": str(slide_path)},
+        )
+    elapsed = time.perf_counter() - started
+    logger.info(
+        "%s: %d patches in %.1f s (%.0f patches/s), map %dx%d",
+        slide_path.name,
+        total,
+        elapsed,
+        total / max(elapsed, 1e-9),
+        probs.shape[0],
+        probs.shape[1],
+    )
+    meta = sampler.metadata
+    l0_cell_size = grid.l0_patch_size / cells[0]
+    valid = _valid_cells(grid, cells, l0_cell_size, (meta.l0_width, meta.l0_height))
+    probs[~valid] = 0
+    return SlideMap(
+        probs=probs,
+        valid=valid,
+        l0_origin=(0.0, 0.0),
+        l0_cell_size=float(l0_cell_size),
+        patch_size=config.patch_size,
+        target_mpp=config.target_mpp,
+        m_cells_per_patch=cells,
+        l0_slide_size=(meta.l0_width, meta.l0_height),
+        slide_mpp=meta.mpp,
+    )
+
+
+def _valid_cells(
+    grid: PatchGrid, cells: tuple[int, int], l0_cell_size: float, l0_slide_size: tuple[int, int]
+) -> np.ndarray:
+    """Cells of inferred patches whose centre lies on the slide."""
+    rows, cols = grid.shape
+    valid = np.zeros((rows * cells[0], cols * cells[1]), dtype=bool)
+    blocks = valid.reshape(rows, cells[0], cols, cells[1])
+    blocks[grid.index[:, 0], :, grid.index[:, 1], :] = True
+    l0_centre_x = (np.arange(valid.shape[1]) + 0.5) * l0_cell_size
+    l0_centre_y = (np.arange(valid.shape[0]) + 0.5) * l0_cell_size
+    valid &= (l0_centre_y < l0_slide_size[1])[:, None]
+    valid &= (l0_centre_x < l0_slide_size[0])[None, :]
+    return valid
+
+
+def infer_checkpoint(
+    checkpoint_path: str | os.PathLike[str],
+    slide_paths: Sequence[str | os.PathLike[str]],
+    *,
+    device: str | torch.device = "auto",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    default_mpp: float | None = None,
+    readers: int | None = None,
+    on_progress: Callable[[int, int, int], None] | None = None,
+    should_stop: StopFn | None = None,
+) -> list[SlideMap]:
+    """Load a checkpoint (model, config, normalisation) and infer every slide, in order.
+
+    ``on_progress(slide_index, done_patches, total_patches)`` reports within each slide.
+    ``torch.compile`` is used when the checkpoint's config asks for it and the device is CUDA.
+    Errors are those of :func:`load_model` and :func:`infer_slide`; the first one stops.
+    """
+    dev = resolve_device(device)
+    configure_backends(dev)
+    model, config, normalisation = load_model(Path(os.fspath(checkpoint_path)), device=dev)
+    net = prepare_model(
+        model, dev, channels_last=config.channels_last, compile_model=config.compile
+    )
+    maps: list[SlideMap] = []
+    for slide_index, slide_path in enumerate(slide_paths):
+
+        def progress(done: int, total: int, slide_index: int = slide_index) -> None:
+            if on_progress is not None:
+                on_progress(slide_index, done, total)
+
+        maps.append(
+            infer_slide(
+                net,
+                slide_path,
+                config=config,
+                normalisation=normalisation,
+                device=dev,
+                batch_size=batch_size,
+                default_mpp=default_mpp,
+                readers=readers,
+                on_progress=progress,
+                should_stop=should_stop,
+            )
+        )
+    return maps
+
+
+def map_truth(slide_map: SlideMap, geometry: BaseGeometry) -> np.ndarray:
+    """The contour ``geometry`` (level-0 polygons) rasterised on the map's grid: bool, a cell
+    is tumor when its centre lies inside (:func:`slides.wsi.rasterize.rasterize`)."""
+    return rasterize(
+        geometry,
+        l0_origin=slide_map.l0_origin,
+        l0_cell_size=slide_map.l0_cell_size,
+        shape=slide_map.shape,
+    )
+
+
+def map_tissue(slide_map: SlideMap) -> np.ndarray:
+    """The cells evaluated "over tissue": those of inferred tissue patches (``valid``)."""
+    return slide_map.valid.copy()
+
+
+def map_on_slide(slide_map: SlideMap) -> np.ndarray:
+    """Cells whose centre lies on the slide (the "with background" evaluation region): the
+    grid's last row and column may overhang the slide's border."""
+    width, height = slide_map.l0_slide_size
+    rows, cols = slide_map.shape
+    l0_x = slide_map.l0_origin[0] + (np.arange(cols) + 0.5) * slide_map.l0_cell_size
+    l0_y = slide_map.l0_origin[1] + (np.arange(rows) + 0.5) * slide_map.l0_cell_size
+    inside: np.ndarray = (l0_y < height)[:, None] & (l0_x < width)[None, :]
+    return inside
