@@ -19,7 +19,7 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 
 CPU_QUEUE = "cpu"
 GPU_QUEUE = "gpu"
-GPU_TASKS = ("training.tasks.*", "tumormap.ping_gpu")
+GPU_TASKS = ("training.tasks.train_run", "training.tasks.infer_run", "tumormap.ping_gpu")
 
 # Each queue has its own direct exchange and routing key, so a message routed to one queue can
 # never be consumed from the other, whatever the transport.

@@ -199,6 +199,18 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# The watchdog re-sends runs whose worker died or whose message a restarted broker forgot.
+CELERY_BEAT_SCHEDULE = {
+    "training-watchdog": {
+        "task": "training.tasks.watchdog",
+        "schedule": env.float("TUMORMAP_WATCHDOG_INTERVAL_S", default=30.0),
+        "options": {"queue": "cpu"},
+    }
+}
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+# A running run that has not reported for this long is taken for dead and queued again (it
+# resumes from its last checkpoint). Validation of a big split reports nothing for minutes.
+TUMORMAP_HEARTBEAT_TIMEOUT_S: float = env.float("TUMORMAP_HEARTBEAT_TIMEOUT_S", default=600.0)
 
 # --- REST framework -------------------------------------------------------------------------------
 REST_FRAMEWORK = {

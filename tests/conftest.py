@@ -50,3 +50,37 @@ def _ci_runs_on_postgresql(request: pytest.FixtureRequest) -> Iterator[None]:
             "CI=true but the suite runs on " + connection.vendor + ": set DATABASE_URL"
         )
     yield
+
+
+@pytest.fixture(scope="session")
+def tiny_cohort_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Eight small synthetic slides (four tumor, four normal) with labels and contours."""
+    from slides.wsi.synthetic import write_demo_cohort
+
+    folder = tmp_path_factory.mktemp("tiny-cohort")
+    write_demo_cohort(folder, n_slides=8, seed=7, width=1536, height=1024)
+    return folder
+
+
+@pytest.fixture
+def tiny_cohort(db: None, tiny_cohort_dir: Path):  # type: ignore[no-untyped-def]
+    """The tiny synthetic cohort imported with its contours; splits fixed so that train, val
+    and test each hold tumor and normal slides."""
+    from django.contrib.auth import get_user_model
+
+    from slides.services import cohort_create, cohort_import
+    from slides.services.annotations import annotations_import_files
+    from slides.wsi.label_files import LabelRow, parse_label_csv
+
+    owner = get_user_model().objects.create_user("trainer", password="pw-trainer-1")
+    cohort = cohort_create(name="tiny", owner=owner)
+    rows = sorted(parse_label_csv((tiny_cohort_dir / "labels.csv").read_bytes()),
+                  key=lambda r: r.filename)  # fmt: skip
+    splits = ["train", "train", "train", "train", "val", "val", "test", "test"]
+    labels = [
+        LabelRow(r.filename, r.label, r.case_id, r.location, split)
+        for r, split in zip(rows, splits, strict=True)
+    ]
+    cohort_import(cohort=cohort, path=tiny_cohort_dir, labels=labels)
+    annotations_import_files(cohort=cohort, files=sorted(tiny_cohort_dir.glob("*.geojson")))
+    return cohort

@@ -24,3 +24,8 @@ STORAGES["staticfiles"] = {  # noqa: F405
 }
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # noqa: F405  (whitenoise warns when absent)
+
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":  # noqa: F405
+    # A file, not memory: the worker processes of the integration tests open the same database.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-db.sqlite3")}  # noqa: F405
+TUMORMAP_HEARTBEAT_TIMEOUT_S = float(os.environ.get("TUMORMAP_HEARTBEAT_TIMEOUT_S", "600"))

@@ -44,6 +44,19 @@ def _worker_env(**overrides: str) -> dict[str, str]:
     return env
 
 
+def database_url() -> str:
+    """The URL of the database this test runs on (the test database), for worker processes."""
+    from django.db import connection
+
+    db = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{db['NAME']}"
+    if connection.vendor == "postgresql":
+        auth = db["USER"] + (f":{db['PASSWORD']}" if db.get("PASSWORD") else "")
+        return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+    raise AssertionError(f"unsupported database {connection.vendor}")
+
+
 @pytest.fixture
 def worker_env() -> Callable[..., dict[str, str]]:
     """Build the environment of a worker process: this test's settings plus overrides."""
