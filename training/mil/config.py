@@ -29,6 +29,10 @@ SLIDE_SCORES = ("max", "topk_mean")
 BATCHNORM_MODES = ("frozen", "train")
 # Model-selection metrics and whether a larger value is better.
 SELECTION_METRICS: dict[str, str] = {
+    # "auto": the pixel AUC when validation slides have contours, else the slide-level AUC.
+    # Slide AUC saturates at 1.0 after an epoch or two on small validation sets and then says
+    # nothing about the maps, which are what the method is for.
+    "auto": "max",
     "val_slide_auc": "max",
     "val_pixel_auc": "max",
     "val_loss": "min",
@@ -103,7 +107,7 @@ class RunConfig:
     num_workers: int = 4
     slide_score: str = "max"
     slide_score_k: int = 5
-    selection_metric: str = "val_slide_auc"
+    selection_metric: str = "auto"
     deterministic: bool = False
 
     def __post_init__(self) -> None:

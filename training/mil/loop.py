@@ -413,6 +413,14 @@ def measure_normalisation(dataset: SlideBagDataset, config: RunConfig) -> Normal
         dataset.close()
 
 
+def selection_metric_name(config: RunConfig, *, has_truth: bool) -> str:
+    """The metric that picks the best epoch: ``auto`` means the pixel AUC when the validation
+    slides have truth maps, else the slide-level AUC."""
+    if config.selection_metric != "auto":
+        return config.selection_metric
+    return "val_pixel_auc" if has_truth else "val_slide_auc"
+
+
 def _improves(value: float, best: float | None, mode: str, first: bool) -> bool:
     if first:
         return True
@@ -420,7 +428,8 @@ def _improves(value: float, best: float | None, mode: str, first: bool) -> bool:
         return False
     if best is None or not math.isfinite(best):
         return True
-    return value > best if mode == "max" else value < best
+    # A tie goes to the later epoch: it has trained longer for the same validation score.
+    return value >= best if mode == "max" else value <= best
 
 
 def fit(
@@ -464,6 +473,9 @@ def fit(
     )
     val_ds = SlideBagDataset.from_config(
         val_entries, config, stream=STREAM_VAL, sampler_factory=sampler_factory, truth_fn=truth_fn
+    )
+    metric_name = selection_metric_name(
+        config, has_truth=truth_fn is not None and bool(val_entries)
     )
     latest_path = workdir / LATEST_NAME
     best_path = workdir / BEST_NAME
@@ -531,7 +543,7 @@ def fit(
         val_metrics = broadcast_object(val_metrics, ctx)
         metrics = {"epoch": float(epoch), **train_metrics, **val_metrics}
         history.append(metrics)
-        value = metrics.get(config.selection_metric, math.nan)
+        value = metrics.get(metric_name, math.nan)
         improved = _improves(value, best_metric, config.selection_mode, best_epoch is None)
         if improved:
             best_metric, best_epoch = value, epoch
@@ -564,7 +576,7 @@ def fit(
                 )
             )
     return FitResult(
-        metric_name=config.selection_metric,
+        metric_name=metric_name,
         best_epoch=best_epoch,
         best_metric=best_metric,
         epochs_completed=max(start_epoch, config.epochs),

@@ -231,9 +231,22 @@ def test_improvement_rule() -> None:
     assert not _improves(float("nan"), 0.5, "max", first=False)
     assert _improves(0.6, float("nan"), "max", first=False)
     assert _improves(0.6, 0.5, "max", first=False)
-    assert not _improves(0.5, 0.5, "max", first=False)
+    assert _improves(0.5, 0.5, "max", first=False)  # a tie goes to the later epoch
+    assert not _improves(0.49, 0.5, "max", first=False)
     assert _improves(0.4, 0.5, "min", first=False)
     assert not _improves(0.6, 0.5, "min", first=False)
+
+
+def test_auto_selection_prefers_pixel_auc_when_there_is_truth() -> None:
+    from training.mil.config import RunConfig
+    from training.mil.loop import selection_metric_name
+
+    auto = RunConfig(alpha=0.2, beta=0.0)
+    assert auto.selection_metric == "auto"
+    assert selection_metric_name(auto, has_truth=True) == "val_pixel_auc"
+    assert selection_metric_name(auto, has_truth=False) == "val_slide_auc"
+    fixed = RunConfig(alpha=0.2, beta=0.0, selection_metric="val_loss")
+    assert selection_metric_name(fixed, has_truth=True) == "val_loss"
 
 
 def test_topk_slide_score_and_val_loss_selection(
