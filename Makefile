@@ -41,7 +41,7 @@ pytest: install
 test: install lint typecheck pytest
 
 worker: install
-	$(BIN)/celery -A config worker -Q cpu,gpu --pool solo --loglevel INFO
+	$(BIN)/celery -A config worker -Q cpu,gpu --pool solo --beat --loglevel INFO
 
 web: install
 	$(BIN)/python manage.py runserver

@@ -13,7 +13,7 @@ case "$role" in
     ;;
   worker-cpu)
     exec celery -A config worker -Q cpu --concurrency "${CPU_WORKER_CONCURRENCY:-4}" \
-      --hostname "cpu@%h" --loglevel INFO "$@"
+      --hostname "cpu@%h" --beat --schedule /data/celerybeat-schedule --loglevel INFO "$@"
     ;;
   worker-gpu)
     # One process per GPU, concurrency 1: a training run owns its GPU. The solo pool runs the

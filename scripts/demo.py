@@ -27,7 +27,8 @@ def main() -> int:
     manage("setup_demo")
     worker = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "cpu,gpu",
-         "--pool", "solo", "--concurrency", "1", "--hostname", "demo@%h", "--loglevel", "WARNING"],
+         "--pool", "solo", "--concurrency", "1", "--hostname", "demo@%h", "--loglevel", "INFO",
+         "--beat"],
         cwd=PROJECT_ROOT,
     )  # fmt: skip
     web = subprocess.Popen(

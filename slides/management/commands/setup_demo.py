@@ -21,6 +21,13 @@ DEMO_COHORT = "Demo cohort"
 # Enough slides for a train / val / test split with both labels in each, small enough to build
 # in well under a minute on a laptop.
 DEMO_SLIDES = 16
+# A short sweep that a laptop CPU trains, maps and scores in a few minutes: small patches at
+# 2 um/px, a small network from scratch (no ImageNet weights offline), beta = 0.
+DEMO_GRID = [(0.2, 0.0), (0.4, 0.0)]
+DEMO_RUN_SETTINGS = {
+    "arch": "resnet18", "pretrained": "none", "patch_size": 64, "target_mpp": 2.0,
+    "patches_per_slide": 32, "epochs": 8, "num_workers": 0, "normalisation_patches": 256,
+}  # fmt: skip
 
 
 class Command(BaseCommand):
@@ -28,6 +35,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: ArgumentParser) -> None:
         parser.add_argument("--slides", type=int, default=DEMO_SLIDES)
+        parser.add_argument("--no-sweep", action="store_true", help="do not queue training runs")
 
     def handle(self, *args: Any, **options: Any) -> None:
         users = get_user_model().objects
@@ -62,3 +70,14 @@ class Command(BaseCommand):
             f"Imported {DEMO_COHORT!r}: {report.slides} slides, labels {report.labels}, "
             f"splits {report.splits}."
         )
+        if not options["no_sweep"]:
+            # Imported here: slides never depends on training, only this demo set-up does.
+            from training.services.runs import sweep_create
+
+            sweep = sweep_create(
+                cohort=cohort, grid=DEMO_GRID, shared=DEMO_RUN_SETTINGS, created_by=user,
+                evaluate=True, name="Demo sweep",
+            )  # fmt: skip
+            self.stdout.write(
+                f"Queued {sweep.runs.count()} short CPU training runs (maps and a report follow)."
+            )

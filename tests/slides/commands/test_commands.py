@@ -117,5 +117,11 @@ def test_setup_demo_builds_cohort_once(db) -> None:
     assert all(s.thumbnail and s.tissue_mask for s in slides)
     tumor = slides.filter(label="tumor")
     assert tumor.count() == 2 and all(s.annotations.filter(label="tumor").exists() for s in tumor)
+    from training.models import TrainingRun
+
+    runs = TrainingRun.objects.filter(cohort=cohort, sweep__name="Demo sweep")
+    assert sorted(runs.values_list("alpha", "beta")) == [(0.2, 0.0), (0.4, 0.0)]
+    assert set(runs.values_list("status", flat=True)) == {"queued"}
     out, _ = run("setup_demo", "--slides", "4")
     assert "exists already" in out and Slide.objects.count() == 4
+    assert TrainingRun.objects.count() == 2
