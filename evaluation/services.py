@@ -21,7 +21,7 @@ from evaluation.models import Evaluation
 from slides.models import Label, Slide
 from slides.services.annotations import annotation_set_for
 from training.mil.export import load_map_npz
-from training.mil.infer import map_on_slide, map_truth
+from training.mil.maps import map_on_slide, map_truth
 from training.models import HeatMap, TrainingRun
 from training.services.engine import run_model
 

@@ -38,7 +38,7 @@ import tifffile
 from shapely.geometry import MultiPolygon, Polygon
 
 from common.errors import InvalidInputError
-from training.mil.infer import SlideMap
+from training.mil.maps import SlideMap
 
 # Bumped when the npz layout changes incompatibly.
 MAP_FORMAT = 1

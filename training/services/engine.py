@@ -47,7 +47,18 @@ ProgressCallback = Callable[[TrainingRun], None]
 
 
 def run_workdir(run: TrainingRun) -> Path:
-    return Path(settings.ARTIFACTS_DIR) / "runs" / str(run.pk)
+    """The run's folder of checkpoints and maps, chosen once and kept on the row.
+
+    The name carries the creation time as well as the id: a database restored or recreated
+    beside an old artifacts folder must never make a new run resume an old run's checkpoint.
+    """
+    if run.workdir:
+        return Path(run.workdir)
+    stamp = run.created_at.strftime("%Y%m%dT%H%M%S%f")
+    workdir = Path(settings.ARTIFACTS_DIR) / "runs" / f"{run.pk}-{stamp}"
+    run.workdir = str(workdir)
+    TrainingRun.objects.filter(pk=run.pk).update(workdir=run.workdir)
+    return workdir
 
 
 def slide_entries(cohort: Cohort, split: str) -> list[SlideEntry]:

@@ -14,7 +14,7 @@ from evaluation.services import evaluation_as_dict, evaluation_compute
 from slides.models import Annotation, Slide
 from slides.services.annotations import annotation_set_for
 from training.mil.export import save_map_npz
-from training.mil.infer import SlideMap, map_truth
+from training.mil.maps import SlideMap, map_truth
 from training.models import HeatMap, RunStatus, TrainingRun
 
 pytestmark = pytest.mark.django_db

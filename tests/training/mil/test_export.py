@@ -27,7 +27,7 @@ from training.mil.export import (
     threshold_geometry,
     write_pyramidal_tiff,
 )
-from training.mil.infer import SlideMap, map_truth
+from training.mil.maps import SlideMap, map_truth
 
 CELL = 32.0  # level-0 px per map cell (224 px at 0.5 um/px on a 0.5 um/px slide, 7 cells)
 

@@ -22,17 +22,9 @@ from slides.wsi.synthetic import SyntheticSlide, generate_slide, truth_mask, wri
 from training.mil import infer as infer_module
 from training.mil.checkpoint import save_checkpoint
 from training.mil.config import RunConfig
-from training.mil.infer import (
-    InferenceCancelled,
-    InferenceError,
-    SlideMap,
-    infer_checkpoint,
-    infer_slide,
-    map_on_slide,
-    map_tissue,
-    map_truth,
-)
+from training.mil.infer import InferenceCancelled, InferenceError, infer_checkpoint, infer_slide
 from training.mil.loop import RunCancelled
+from training.mil.maps import SlideMap, map_on_slide, map_tissue, map_truth
 from training.mil.model import build_model
 from training.mil.presets import IMAGENET_NORMALISATION, Normalisation
 
