@@ -162,6 +162,16 @@ if env.bool("DJANGO_BEHIND_TLS_PROXY", default=False):
 # Whole-slide images reach several GB; the default keeps a single upload below what the
 # default disk of a worker host holds twice (temporary file plus the final copy).
 TUMORMAP_MAX_UPLOAD_BYTES: int = env.int("TUMORMAP_MAX_UPLOAD_BYTES", default=20 * 1024**3)
+# Partial uploads wait here; under VAR_DIR, on the same file system as SLIDES_DIR by default, so
+# a finished upload is moved into place by a rename, not copied.
+TUMORMAP_UPLOAD_DIR = Path(
+    env.str("TUMORMAP_UPLOAD_DIR", default=str(VAR_DIR / "uploads"))
+).resolve()
+# One chunk is one request: small enough that a dropped connection loses little and a reverse
+# proxy's body limit can be set to match, large enough that a multi-GB slide needs few requests.
+TUMORMAP_UPLOAD_CHUNK_MAX_BYTES: int = env.int(
+    "TUMORMAP_UPLOAD_CHUNK_MAX_BYTES", default=64 * 1024**2
+)
 
 # --- Celery ---------------------------------------------------------------------------------------
 REDIS_URL: str = env.str("REDIS_URL", default="")

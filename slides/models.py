@@ -204,3 +204,45 @@ class Annotation(models.Model):
 
     def __str__(self) -> str:
         return f"{self.label} contour on {self.slide}"
+
+
+class UploadState(models.TextChoices):
+    RECEIVING = "receiving", "Receiving"
+    COMPLETE = "complete", "Complete"
+    FAILED = "failed", "Failed"
+    ABORTED = "aborted", "Aborted"
+
+
+class Upload(models.Model):
+    """A resumable upload of one slide file, received in Content-Range chunks.
+
+    ``offset`` is the number of bytes stored so far: the client resumes from it after an
+    interruption. The bytes live in a temporary file under TUMORMAP_UPLOAD_DIR until the
+    upload completes and the file is checked, moved into SLIDES_DIR and registered as ``slide``.
+    """
+
+    cohort = models.ForeignKey(Cohort, on_delete=models.CASCADE, related_name="uploads")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True
+    )
+    filename = models.CharField(max_length=255, help_text="Sanitised file name.")
+    size = models.BigIntegerField(help_text="Announced size in bytes.")
+    offset = models.BigIntegerField(default=0, help_text="Bytes received so far.")
+    md5 = models.CharField(max_length=32, blank=True)
+    sha256 = models.CharField(max_length=64, blank=True)
+    state = models.CharField(
+        max_length=12, choices=UploadState.choices, default=UploadState.RECEIVING
+    )
+    error = models.TextField(blank=True)
+    slide = models.ForeignKey(
+        Slide, on_delete=models.SET_NULL, null=True, blank=True, related_name="uploads"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["cohort", "state"])]
+
+    def __str__(self) -> str:
+        return f"upload {self.pk} of {self.filename} ({self.offset}/{self.size} bytes)"
