@@ -15,6 +15,9 @@ urlpatterns = [
     path("api/", include("slides.urls")),
     path("api/", include("training.urls")),
     path("api/", include("evaluation.urls")),
+    path("", include("slides.page_urls")),
+    path("", include("training.page_urls")),
+    path("", include("evaluation.page_urls")),
     # Last: any other /api/ path is a 404 in the API's error shape, not Django's HTML page.
     re_path(r"^api/", ApiNotFound.as_view(), name="api-not-found"),
 ]
