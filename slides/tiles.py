@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import openslide
 from openslide.deepzoom import DeepZoomGenerator
+from PIL import Image
 
 from common.errors import NotFoundError, SlideUnreadableError
 from slides.models import Slide
@@ -41,6 +42,13 @@ DZI_MAX_AGE_S = 3600
 # Level 0 as the slide has it: the viewer's coordinates are then level-0 pixels, the frame of
 # contours and maps (limit_bounds would shift them by the scanner's bounds offset).
 LIMIT_BOUNDS = False
+# Coarse DeepZoom levels are cut from one overview image of the whole slide, read once: without
+# it every tile of the ~10 coarsest levels (each one tile or a few covering the whole slide)
+# re-reads most of level 0 when the slide has no pyramid, hundreds of milliseconds each. The
+# overview's longer side in pixels; levels at least as coarse as it use it.
+OVERVIEW_MAX_SIDE = 2048
+# Overviews kept per web process (about 12 MB each at 2048 px).
+OVERVIEW_CACHE_SLIDES = 8
 
 
 @dataclass(frozen=True)
@@ -121,6 +129,73 @@ def _generator(reader: SlideReader) -> DeepZoomGenerator:
         return generator
 
 
+@dataclass(frozen=True)
+class _Overview:
+    image: Image.Image
+    l0_per_px: float
+
+
+_overviews: OrderedDict[Hashable, _Overview] = OrderedDict()
+_overview_locks: dict[Hashable, threading.Lock] = {}
+_overviews_lock = threading.Lock()
+
+
+def _overview(reader: SlideReader, key: Hashable) -> _Overview:
+    """The whole slide at OVERVIEW_MAX_SIDE, read once per process (concurrent requests for
+    the same slide wait for the first one instead of all reading it)."""
+    with _overviews_lock:
+        found = _overviews.get(key)
+        if found is not None:
+            _overviews.move_to_end(key)
+            return found
+        lock = _overview_locks.setdefault(key, threading.Lock())
+    with lock:
+        with _overviews_lock:
+            found = _overviews.get(key)
+        if found is not None:
+            return found
+        meta = reader.metadata
+        l0_per_px = max(1.0, max(meta.l0_width, meta.l0_height) / OVERVIEW_MAX_SIDE)
+        overview = _Overview(Image.fromarray(reader.read_scaled(l0_per_px)), l0_per_px)
+        with _overviews_lock:
+            _overviews[key] = overview
+            while len(_overviews) > OVERVIEW_CACHE_SLIDES:
+                old, _ = _overviews.popitem(last=False)
+                _overview_locks.pop(old, None)
+        return overview
+
+
+def _render_tile(
+    generator: DeepZoomGenerator, reader: SlideReader, key: Hashable, level: int,
+    col: int, row: int,
+) -> Image.Image:  # fmt: skip
+    """Tile ``(level, col, row)``: cut from the overview on coarse levels, else OpenSlide's."""
+    l0_per_dz_px = float(2 ** (generator.level_count - 1 - level))
+    if l0_per_dz_px < max(1.0, max(reader.metadata.l0_width, reader.metadata.l0_height)
+                          / OVERVIEW_MAX_SIDE):  # fmt: skip
+        return generator.get_tile(level, (col, row))
+    overview = _overview(reader, key)
+    width, height = generator.get_tile_dimensions(level, (col, row))
+    # The tile's box in DeepZoom pixels of its level, as DeepZoomGenerator lays it out: tiles
+    # of TILE_SIZE, each widened by the overlap on every side that has a neighbour.
+    dz_x0 = col * TILE_SIZE - (TILE_OVERLAP if col else 0)
+    dz_y0 = row * TILE_SIZE - (TILE_OVERLAP if row else 0)
+    scale = l0_per_dz_px / overview.l0_per_px  # overview pixels per DeepZoom pixel
+    image_w, image_h = overview.image.size
+    # The last tiles of a level may reach a fraction of a pixel past the overview (level sizes
+    # round up): PIL wants the box inside the image.
+    box = (
+        dz_x0 * scale,
+        dz_y0 * scale,
+        min(float(image_w), (dz_x0 + width) * scale),
+        min(float(image_h), (dz_y0 + height) * scale),
+    )
+    # reducing_gap: a box filter first takes large reductions most of the way, cheaply.
+    return overview.image.resize(
+        (width, height), Image.Resampling.LANCZOS, box=box, reducing_gap=3.0
+    )
+
+
 def slide_dzi(*, slide: Slide) -> str:
     """The DeepZoom descriptor (XML) of a ready slide."""
     require_ready(slide)
@@ -158,7 +233,7 @@ def slide_tile(*, slide: Slide, level: int, col: int, row: int) -> tuple[bytes, 
                 details={"level": level, "col": col, "row": row, "tiles": [cols, rows]},
             )
         try:
-            image = generator.get_tile(level, (col, row))
+            image = _render_tile(generator, reader, slide.md5 or slide.file_path, level, col, row)
         except (openslide.OpenSlideError, OSError, ValueError) as exc:
             raise SlideUnreadableError(
                 f"Tile {level}/{col}_{row} of {slide.original_filename!r} is unreadable ({exc}).",
