@@ -92,7 +92,7 @@ def setup_database(var_dir: Path) -> tuple[str, int, list[str]]:
     from rest_framework.authtoken.models import Token
 
     from slides.models import Slide
-    from slides.services import cohort_create, cohort_import
+    from slides.services import cohort_create, cohort_import, slide_compute_tissue
     from slides.tiles import LIMIT_BOUNDS, TILE_OVERLAP, TILE_SIZE
     from slides.wsi.reader import open_slide
 
@@ -102,6 +102,8 @@ def setup_database(var_dir: Path) -> tuple[str, int, list[str]]:
     cohort = cohort_create(name="bench", owner=user)
     cohort_import(cohort=cohort, path=SLIDE)
     slide = Slide.objects.get(cohort=cohort)
+    # What the cpu-queue task does after every import: thumbnail, tissue mask, tile overview.
+    slide_compute_tissue(slide=slide)
     with open_slide(slide.file_path) as reader:
         generator = DeepZoomGenerator(
             reader._handle(), tile_size=TILE_SIZE, overlap=TILE_OVERLAP, limit_bounds=LIMIT_BOUNDS

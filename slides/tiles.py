@@ -15,6 +15,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass
+from pathlib import Path
 
 import openslide
 from openslide.deepzoom import DeepZoomGenerator
@@ -23,6 +24,7 @@ from PIL import Image
 from common.errors import NotFoundError, SlideUnreadableError
 from slides.models import Slide
 from slides.selectors import require_ready
+from slides.services.tissue import overview_l0_per_px, stored_overview_path
 from slides.wsi.reader import SlideReader, open_slide
 
 # 254 + 2 x 1 px overlap = 256 px tiles: OpenSeadragon's default and a whole number of JPEG
@@ -42,11 +44,10 @@ DZI_MAX_AGE_S = 3600
 # Level 0 as the slide has it: the viewer's coordinates are then level-0 pixels, the frame of
 # contours and maps (limit_bounds would shift them by the scanner's bounds offset).
 LIMIT_BOUNDS = False
-# Coarse DeepZoom levels are cut from one overview image of the whole slide, read once: without
-# it every tile of the ~10 coarsest levels (each one tile or a few covering the whole slide)
-# re-reads most of level 0 when the slide has no pyramid, hundreds of milliseconds each. The
-# overview's longer side in pixels; levels at least as coarse as it use it.
-OVERVIEW_MAX_SIDE = 2048
+# Coarse DeepZoom levels are cut from one overview image of the whole slide (stored by the
+# tissue task at import, slides/services/tissue.py; read here if it is missing): without it
+# every tile of the ~10 coarsest levels (each one tile or a few covering the whole slide)
+# re-reads most of level 0 when the slide has no pyramid, hundreds of milliseconds each.
 # Overviews kept per web process (about 12 MB each at 2048 px).
 OVERVIEW_CACHE_SLIDES = 8
 
@@ -140,8 +141,8 @@ _overview_locks: dict[Hashable, threading.Lock] = {}
 _overviews_lock = threading.Lock()
 
 
-def _overview(reader: SlideReader, key: Hashable) -> _Overview:
-    """The whole slide at OVERVIEW_MAX_SIDE, read once per process (concurrent requests for
+def _overview(reader: SlideReader, key: Hashable, stored: Path | None = None) -> _Overview:
+    """The whole slide at the overview's scale, loaded once per process (concurrent requests for
     the same slide wait for the first one instead of all reading it)."""
     with _overviews_lock:
         found = _overviews.get(key)
@@ -155,8 +156,11 @@ def _overview(reader: SlideReader, key: Hashable) -> _Overview:
         if found is not None:
             return found
         meta = reader.metadata
-        l0_per_px = max(1.0, max(meta.l0_width, meta.l0_height) / OVERVIEW_MAX_SIDE)
-        overview = _Overview(Image.fromarray(reader.read_scaled(l0_per_px)), l0_per_px)
+        l0_per_px = overview_l0_per_px(meta.l0_width, meta.l0_height)
+        image = _load_stored(stored)
+        if image is None:
+            image = Image.fromarray(reader.read_scaled(l0_per_px))
+        overview = _Overview(image, l0_per_px)
         with _overviews_lock:
             _overviews[key] = overview
             while len(_overviews) > OVERVIEW_CACHE_SLIDES:
@@ -165,16 +169,25 @@ def _overview(reader: SlideReader, key: Hashable) -> _Overview:
         return overview
 
 
+def _load_stored(path: Path | None) -> Image.Image | None:
+    if path is None or not path.is_file():
+        return None
+    try:
+        with Image.open(path) as stored:
+            return stored.convert("RGB")
+    except OSError:
+        return None  # a damaged file: read the slide instead
+
+
 def _render_tile(
     generator: DeepZoomGenerator, reader: SlideReader, key: Hashable, level: int,
-    col: int, row: int,
+    col: int, row: int, stored: Path | None = None,
 ) -> Image.Image:  # fmt: skip
     """Tile ``(level, col, row)``: cut from the overview on coarse levels, else OpenSlide's."""
     l0_per_dz_px = float(2 ** (generator.level_count - 1 - level))
-    if l0_per_dz_px < max(1.0, max(reader.metadata.l0_width, reader.metadata.l0_height)
-                          / OVERVIEW_MAX_SIDE):  # fmt: skip
+    if l0_per_dz_px < overview_l0_per_px(reader.metadata.l0_width, reader.metadata.l0_height):
         return generator.get_tile(level, (col, row))
-    overview = _overview(reader, key)
+    overview = _overview(reader, key, stored)
     width, height = generator.get_tile_dimensions(level, (col, row))
     # The tile's box in DeepZoom pixels of its level, as DeepZoomGenerator lays it out: tiles
     # of TILE_SIZE, each widened by the overlap on every side that has a neighbour.
@@ -233,7 +246,10 @@ def slide_tile(*, slide: Slide, level: int, col: int, row: int) -> tuple[bytes, 
                 details={"level": level, "col": col, "row": row, "tiles": [cols, rows]},
             )
         try:
-            image = _render_tile(generator, reader, slide.md5 or slide.file_path, level, col, row)
+            image = _render_tile(
+                generator, reader, slide.md5 or slide.file_path, level, col, row,
+                stored_overview_path(slide),
+            )  # fmt: skip
         except (openslide.OpenSlideError, OSError, ValueError) as exc:
             raise SlideUnreadableError(
                 f"Tile {level}/{col}_{row} of {slide.original_filename!r} is unreadable ({exc}).",

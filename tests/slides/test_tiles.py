@@ -39,3 +39,27 @@ def test_fine_levels_still_come_from_openslide(shared_data: Path) -> None:
         ours = tiles._render_tile(generator, reader, "cmu-fine", top, 1, 1)
         assert np.array_equal(np.asarray(ours), np.asarray(generator.get_tile(top, (1, 1))))
         assert "cmu-fine" not in tiles._overviews
+
+
+def test_a_stored_overview_is_used_and_matches(shared_data: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from slides.services.tissue import overview_l0_per_px
+
+    path = shared_data / "slides" / "cmu-1-small-region.svs"
+    with open_slide(path) as reader:
+        meta = reader.metadata
+        stored = tmp_path / "overview.jpg"
+        pixels = reader.read_scaled(overview_l0_per_px(meta.l0_width, meta.l0_height))
+        Image.fromarray(pixels).save(stored, quality=92)
+        generator = DeepZoomGenerator(reader._handle(), tile_size=tiles.TILE_SIZE,
+                                      overlap=tiles.TILE_OVERLAP)  # fmt: skip
+        from_file = tiles._render_tile(generator, reader, "stored", 9, 0, 0, stored)
+        assert tiles._overviews["stored"].image.size == Image.open(stored).size
+        theirs = np.asarray(generator.get_tile(9, (0, 0)).convert("RGB"), float)
+        assert np.abs(np.asarray(from_file, float) - theirs).mean() < 2.0
+        # A damaged file is ignored: the slide is read instead.
+        stored.write_bytes(b"not a jpeg")
+        tiles._overviews.clear()
+        again = tiles._render_tile(generator, reader, "damaged", 9, 0, 0, stored)
+        assert np.abs(np.asarray(again, float) - theirs).mean() < 2.0

@@ -8,7 +8,7 @@ from PIL import Image
 
 from slides.models import Slide, SlideState
 from slides.services import cohort_import, slide_compute_tissue
-from slides.services.tissue import load_tissue_mask
+from slides.services.tissue import load_tissue_mask, stored_overview_path
 
 pytestmark = pytest.mark.django_db
 
@@ -22,6 +22,8 @@ def test_thumbnail_and_tissue_mask_are_stored(cohort, real_slides_dir: Path) -> 
     assert max(thumb.size) == 1024
     assert thumb.size[1] > thumb.size[0]  # the slide is taller than wide
     assert 0.05 < (slide.tissue_fraction or 0) < 0.95
+    overview = Image.open(stored_overview_path(slide))
+    assert overview.size == (1533, 2048)  # 2220 x 2967, the longer side at 2048 px
     mask = load_tissue_mask(slide)
     assert mask is not None and mask.mask.any()
     assert mask.l0_per_px == slide.tissue_l0_per_px
