@@ -14,7 +14,6 @@ from django.db import transaction
 
 from common.errors import InvalidInputError
 from evaluation.metrics.auc import AucResult, Histogram
-from evaluation.metrics.pcam import evaluate_pcam
 from evaluation.metrics.pooling import EvaluationAccumulator
 from evaluation.metrics.thresholds import scores_at, threshold_max_f1, threshold_youden
 from evaluation.models import Evaluation
@@ -23,7 +22,6 @@ from slides.services.annotations import annotation_set_for
 from training.mil.export import load_map_npz
 from training.mil.maps import map_on_slide, map_truth
 from training.models import HeatMap, TrainingRun
-from training.services.engine import run_model
 
 SCORED_LABELS = (Label.TUMOR, Label.NORMAL)
 
@@ -239,6 +237,10 @@ def pcam_evaluate(
     on_progress: Callable[[int, int], None] | None = None,
 ) -> Evaluation:
     """Patch-level AUC of the run's model on PatchCamelyon h5 files, stored as split "pcam"."""
+    # Imported here: they load torch, which scoring maps and the web layer never need.
+    from evaluation.metrics.pcam import evaluate_pcam
+    from training.services.engine import run_model
+
     model, config, normalisation, torch_device = run_model(run, device=device)
     result = evaluate_pcam(
         model,
