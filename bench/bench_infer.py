@@ -158,7 +158,24 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=4608, help="synthetic slide height (px)")
     parser.add_argument("--repeats", type=int, default=2, help="best of this many runs")
     parser.add_argument("--workdir", type=Path, default=None, help="where the slide goes")
+    parser.add_argument(
+        "--generate-only",
+        action="store_true",
+        help="generate the synthetic slide into --workdir and stop (to prepare it meanwhile)",
+    )
     args = parser.parse_args()
+
+    workdir = args.workdir or Path(tempfile.gettempdir()) / "tumormap_bench_infer"
+    workdir.mkdir(parents=True, exist_ok=True)
+    slide_path = workdir / f"synthetic20x_{args.width}x{args.height}.svs"
+    if not slide_path.is_file():
+        start = time.perf_counter()
+        partial = slide_path.with_suffix(".partial.svs")
+        generate_slide(partial, seed=3, tumor=True, width=args.width, height=args.height)
+        partial.replace(slide_path)  # a killed run never leaves a half-written slide behind
+        print(f"generated {slide_path.name} in {time.perf_counter() - start:.1f} s")
+    if args.generate_only:
+        return
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -177,13 +194,6 @@ def main() -> None:
         compile=args.compile,
     )
     readers = args.readers or default_readers()
-    workdir = args.workdir or Path(tempfile.gettempdir()) / "tumormap_bench_infer"
-    workdir.mkdir(parents=True, exist_ok=True)
-    slide_path = workdir / f"synthetic20x_{args.width}x{args.height}.svs"
-    if not slide_path.is_file():
-        start = time.perf_counter()
-        generate_slide(slide_path, seed=3, tumor=True, width=args.width, height=args.height)
-        print(f"generated {slide_path.name} in {time.perf_counter() - start:.1f} s")
 
     torch.manual_seed(0)
     model = build_model(config)

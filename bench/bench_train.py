@@ -26,6 +26,7 @@ import argparse
 import platform
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -63,7 +64,20 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA only)")
     parser.add_argument("--channels-last", action="store_true", help="CUDA only")
     parser.add_argument("--compile", action="store_true", help="torch.compile (CUDA only)")
-    parser.add_argument("--num-workers", type=int, default=2, help="DataLoader workers (e2e)")
+    parser.add_argument(
+        "--num-workers",
+        type=int,
+        nargs="+",
+        default=[2],
+        help="DataLoader workers for the end-to-end figure; several values: one run each",
+    )
+    parser.add_argument(
+        "--e2e-steps",
+        type=int,
+        default=0,
+        help="timed end-to-end steps (0: max(--steps, 4 x prefetched bags), so that the "
+        "loader's prefetch cannot flatter the figure)",
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     parser.add_argument("--slide", type=Path, default=REAL_SLIDE)
     parser.add_argument("--skip-e2e", action="store_true")
@@ -90,15 +104,13 @@ def machine(device: torch.device) -> str:
     return text
 
 
-def bench_step(config: RunConfig, device: torch.device, args: argparse.Namespace) -> None:
-    torch.manual_seed(0)
-    model = prepare_model(
-        build_model(config),
-        device,
-        channels_last=config.channels_last,
-        compile_model=config.compile,
-    )
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+def bench_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    config: RunConfig,
+    device: torch.device,
+    args: argparse.Namespace,
+) -> None:
     settings = AugmentSettings.from_config(config)
     channels_last = uses_channels_last(device, config.channels_last)
     size = config.patch_size
@@ -164,25 +176,32 @@ def bench_step(config: RunConfig, device: torch.device, args: argparse.Namespace
         print(f"{name}: {rate:.1f} patches/s ({elapsed / args.steps * 1000:.0f} ms/step){extra}")
 
 
-def bench_end_to_end(config: RunConfig, device: torch.device, args: argparse.Namespace) -> None:
+def e2e_steps(args: argparse.Namespace, workers: int) -> int:
+    if args.e2e_steps:
+        return int(args.e2e_steps)
+    # Each worker holds up to two finished bags (prefetch_factor=2): time many more steps
+    # than that, so the figure is the loader's steady rate, not a burst from its buffer.
+    return max(args.steps, 4 * 2 * max(workers, 1))
+
+
+def bench_end_to_end(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    config: RunConfig,
+    device: torch.device,
+    args: argparse.Namespace,
+) -> None:
     if not args.slide.is_file():
         print(f"end-to-end: skipped, slide {args.slide} not found")
         return
-    total = args.warmup + args.steps
+    steps = e2e_steps(args, config.num_workers)
+    total = args.warmup + steps
     # The same real slide repeated, labels alternating: each step reads B fresh patches of it.
     entries = [SlideEntry(path=str(args.slide), label=i % 2) for i in range(total)]
     dataset = SlideBagDataset.from_config(entries, config)
     loader = make_loader(
         dataset, config, device, generator=torch.Generator().manual_seed(0), shuffle=True
     )
-    torch.manual_seed(0)
-    model = prepare_model(
-        build_model(config),
-        device,
-        channels_last=config.channels_last,
-        compile_model=config.compile,
-    )
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     times: list[float] = []
 
     def on_step(info: StepInfo) -> None:
@@ -200,13 +219,18 @@ def bench_end_to_end(config: RunConfig, device: torch.device, args: argparse.Nam
         on_step=on_step,
     )
     sync(device)
-    # Timed from the end of the last warm-up step: includes waiting for the loader.
+    # Timed from the end of the last warm-up step: includes waiting for the loader (each
+    # step ends with the loss on the host, so the step times are synchronised).
     first = times[args.warmup - 1] if args.warmup else start
     elapsed = times[-1] - first
-    rate = args.steps * config.patches_per_slide / elapsed
+    rate = steps * config.patches_per_slide / elapsed
+    half = steps // 2
+    late = (times[-1] - times[-1 - half]) if half else elapsed
+    late_rate = half * config.patches_per_slide / late if half else rate
     print(
-        f"end-to-end ({args.slide.name}, {config.num_workers} loader workers): "
-        f"{rate:.1f} patches/s ({elapsed / args.steps * 1000:.0f} ms/step)"
+        f"end-to-end ({args.slide.name}, {config.num_workers} loader workers, {steps} steps): "
+        f"{rate:.1f} patches/s ({elapsed / steps * 1000:.0f} ms/step); "
+        f"last {half} steps {late_rate:.1f} patches/s"
     )
 
 
@@ -227,7 +251,7 @@ def main() -> None:
         amp=args.amp,
         channels_last=args.channels_last,
         compile=args.compile,
-        num_workers=args.num_workers,
+        num_workers=args.num_workers[0],
     )
     configure_backends(device)
     print(f"machine: {machine(device)}")
@@ -237,9 +261,24 @@ def main() -> None:
         f"channels_last={config.channels_last}, compile={config.compile}, "
         f"{args.warmup} warm-up + {args.steps} timed steps"
     )
-    bench_step(config, device, args)
+    # One model and optimizer for every figure: with --compile the graphs are built once.
+    torch.manual_seed(0)
+    model = prepare_model(
+        build_model(config),
+        device,
+        channels_last=config.channels_last,
+        compile_model=config.compile,
+    )
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    start = time.perf_counter()
+    bench_step(model, optimizer, config, device, args)
+    print(
+        f"(step and inference figures, warm-ups and compilation included: "
+        f"{time.perf_counter() - start:.0f} s)"
+    )
     if not args.skip_e2e:
-        bench_end_to_end(config, device, args)
+        for workers in args.num_workers:
+            bench_end_to_end(model, optimizer, replace(config, num_workers=workers), device, args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Both GPU benchmarks at the paper's sizes (ResNet50, 224 px at 0.5 um/px, bf16,
+# channels-last) on one CUDA GPU, in one go; each log is also written to OUTDIR.
+#
+#   bench/gpu.sh REAL_SLIDE OUTDIR [PYTHON]
+#
+# REAL_SLIDE is read by the end-to-end training figure (e.g. cmu-1-small-region.svs). The
+# synthetic 32768 x 24576 slide that inference reads is generated on a spare core while the
+# training benchmark compiles; its log says when it was ready.
+set -u
+slide=${1:?usage: bench/gpu.sh REAL_SLIDE OUTDIR [PYTHON]}
+out=${2:?usage: bench/gpu.sh REAL_SLIDE OUTDIR [PYTHON]}
+python=${3:-python3}
+size=(--width 32768 --height 24576)
+mkdir -p "$out"
+work=$(mktemp -d)
+export PYTHONUNBUFFERED=1
+
+{ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+  nproc; "$python" -c 'import sys, torch; print(sys.version.split()[0], torch.__version__)'; } \
+  2>&1 | tee "$out/machine.txt"
+
+start=$SECONDS
+"$python" bench/bench_infer.py --generate-only --workdir "$work" "${size[@]}" \
+  >"$out/generate.log" 2>&1 &
+generator=$!
+
+timeout 330 "$python" bench/bench_train.py --device cuda --arch resnet50 --patches 150 \
+  --amp --channels-last --compile --warmup 3 --steps 30 --num-workers 8 12 --slide "$slide" \
+  2>&1 | tee "$out/train.log"
+echo "bench_train: exit ${PIPESTATUS[0]} after $((SECONDS - start)) s"
+
+wait "$generator"
+echo "slide generation: exit $? ($(tail -n 1 "$out/generate.log"))"
+timeout 200 "$python" bench/bench_infer.py --device cuda --arch resnet50 --amp --channels-last \
+  --batch-size 256 --readers 14 --workdir "$work" "${size[@]}" 2>&1 | tee "$out/infer.log"
+echo "bench_infer: exit ${PIPESTATUS[0]} after $((SECONDS - start)) s"
+rm -rf "$work"
