@@ -13,7 +13,7 @@ from PIL import Image
 from common.errors import TumorMapError
 from slides.models import Slide, SlideState
 from slides.wsi.reader import open_slide
-from slides.wsi.tissue import TissueMask, slide_tissue_mask
+from slides.wsi.tissue import TissueMask, load_tissue_mask_image, slide_tissue_mask
 
 # Large enough for a cohort table and the viewer's overview, small enough to send in a list.
 THUMBNAIL_MAX_SIDE = 1024
@@ -57,14 +57,19 @@ def stored_overview_path(slide: Slide) -> Path:
 
 def load_tissue_mask(slide: Slide) -> TissueMask | None:
     """The stored tissue mask of a slide, or None when it was not computed yet."""
+    path = tissue_mask_path(slide)
+    if path is None or slide.tissue_l0_per_px is None:
+        return None
+    return load_tissue_mask_image(
+        path, l0_per_px=slide.tissue_l0_per_px, fraction=slide.tissue_fraction
+    )
+
+
+def tissue_mask_path(slide: Slide) -> Path | None:
+    """Where the slide's stored tissue mask lies, or None when it was not computed yet."""
     if not slide.tissue_mask or slide.tissue_l0_per_px is None:
         return None
-    mask = np.asarray(Image.open(Path(settings.ARTIFACTS_DIR) / slide.tissue_mask)) > 0
-    return TissueMask(
-        mask=mask,
-        l0_per_px=slide.tissue_l0_per_px,
-        fraction=float(slide.tissue_fraction or mask.mean()),
-    )
+    return Path(settings.ARTIFACTS_DIR) / slide.tissue_mask
 
 
 def slide_compute_tissue(*, slide: Slide, force: bool = False) -> Slide:

@@ -8,10 +8,12 @@ morphological closing joins fragmented tissue, then specks and small holes are c
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from PIL import Image
 from skimage import filters, morphology
 
 from common.errors import InvalidInputError
@@ -195,6 +197,31 @@ def mask_l0_per_px(width: int, height: int, mpp: float, *, max_size: int = MAX_M
     if max_size <= 0:
         raise InvalidInputError(f"max_size must be positive, got {max_size}")
     return max(MASK_UM_PER_PX / mpp, max(width, height) / max_size, 1.0)
+
+
+def load_tissue_mask_image(
+    path: str | os.PathLike[str], *, l0_per_px: float, fraction: float | None = None
+) -> TissueMask:
+    """A tissue mask stored as an image (non-zero = tissue) at ``l0_per_px``.
+
+    Raises InvalidInputError when the file cannot be read as an image or ``l0_per_px`` is not
+    a positive number.
+    """
+    if not (math.isfinite(l0_per_px) and l0_per_px > 0):
+        raise InvalidInputError(f"l0_per_px must be a positive number, got {l0_per_px!r}")
+    try:
+        with Image.open(os.fspath(path)) as image:
+            mask = np.asarray(image.convert("L")) > 0
+    except (OSError, ValueError) as exc:
+        raise InvalidInputError(
+            f"cannot read the tissue mask {os.fspath(path)!r} ({exc})",
+            details={"path": os.fspath(path)},
+        ) from exc
+    return TissueMask(
+        mask=mask,
+        l0_per_px=float(l0_per_px),
+        fraction=float(mask.mean()) if fraction is None else float(fraction),
+    )
 
 
 def slide_tissue_mask(reader: SlideReader, *, max_size: int = MAX_MASK_SIDE) -> TissueMask:

@@ -9,6 +9,7 @@ Each process (the main one and every DataLoader worker) opens its own samplers l
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -22,6 +23,8 @@ from torch.utils.data import Dataset
 
 from common.errors import InvalidInputError
 from training.mil.config import RunConfig
+
+logger = logging.getLogger(__name__)
 
 # Each sampler holds an open slide and its tissue mask; beyond this many per process the least
 # recently used are dropped, so a cohort of thousands of slides cannot exhaust file handles.
@@ -38,16 +41,33 @@ STREAM_NORMALISATION = 2
 class SlideEntry:
     """One slide of a cohort: its file, its slide-level label (1 tumor, 0 normal).
 
-    ``default_mpp`` is used when the file carries no resolution metadata.
+    ``default_mpp`` is used when the file carries no resolution metadata. ``tissue_mask_path``
+    (with ``tissue_l0_per_px``) names the slide's stored tissue mask image; the sampler then
+    loads it instead of computing the mask from the slide for every bag (the slide's import
+    already computed it, and on a slide without a pyramid that takes longer than the patches).
     """
 
     path: str
     label: int
     default_mpp: float | None = None
     slide_id: str | None = None
+    tissue_mask_path: str | None = None
+    tissue_l0_per_px: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", os.fspath(self.path))
+        if self.tissue_mask_path is not None:
+            object.__setattr__(self, "tissue_mask_path", os.fspath(self.tissue_mask_path))
+        if (self.tissue_mask_path is None) != (self.tissue_l0_per_px is None):
+            raise InvalidInputError(
+                f"a stored tissue mask needs both its path and its l0_per_px ({self.path})",
+                details={"path": self.path},
+            )
+        if self.tissue_l0_per_px is not None and not self.tissue_l0_per_px > 0:
+            raise InvalidInputError(
+                f"tissue_l0_per_px must be > 0, got {self.tissue_l0_per_px} for {self.path}",
+                details={"path": self.path},
+            )
         if isinstance(self.label, bool) or self.label not in (0, 1):
             raise InvalidInputError(
                 f"slide label must be 0 (normal) or 1 (tumor), got {self.label!r} for {self.path}",
@@ -92,12 +112,23 @@ def _open_patch_sampler(
 ) -> BagSampler:
     # Imported here so the engine imports without OpenSlide until a real slide is read.
     from slides.wsi.sampler import PatchSampler
+    from slides.wsi.tissue import TissueMask, load_tissue_mask_image
 
+    tissue: TissueMask | None = None
+    if entry.tissue_mask_path is not None and entry.tissue_l0_per_px is not None:
+        try:
+            tissue = load_tissue_mask_image(
+                entry.tissue_mask_path, l0_per_px=entry.tissue_l0_per_px
+            )
+        except InvalidInputError as exc:
+            # The stored mask is a cache of the slide: recompute it rather than fail the run.
+            logger.warning("%s: %s; computing the tissue mask from the slide", entry.name, exc)
     sampler: BagSampler = PatchSampler(
         entry.path,
         patch_size=patch_size,
         target_mpp=target_mpp,
         default_mpp=entry.default_mpp,
+        tissue=tissue,
         min_tissue=min_tissue,
     )
     return sampler

@@ -22,7 +22,7 @@ from common.errors import EmptyTissueError, InvalidInputError, SlideUnreadableEr
 from common.version import code_version
 from slides.models import Cohort, Label, Slide, SlideState
 from slides.services.annotations import annotation_set_for
-from slides.services.tissue import load_tissue_mask
+from slides.services.tissue import load_tissue_mask, tissue_mask_path
 from slides.wsi.rasterize import rasterize
 from training.mil.checkpoint import LATEST_NAME, load_checkpoint, load_model
 from training.mil.config import RunConfig
@@ -66,15 +66,20 @@ def slide_entries(cohort: Cohort, split: str) -> list[SlideEntry]:
     slides = Slide.objects.filter(
         cohort=cohort, split=split, state=SlideState.READY, label__in=LABEL_VALUES
     ).order_by("pk")
-    return [
-        SlideEntry(
-            path=s.file_path,
-            label=LABEL_VALUES[Label(s.label)],
-            default_mpp=s.mpp if s.mpp_assumed else cohort.default_mpp,
-            slide_id=str(s.pk),
-        )
-        for s in slides
-    ]
+    return [_slide_entry(s, cohort) for s in slides]
+
+
+def _slide_entry(slide: Slide, cohort: Cohort) -> SlideEntry:
+    mask_path = tissue_mask_path(slide)
+    return SlideEntry(
+        path=slide.file_path,
+        label=LABEL_VALUES[Label(slide.label)],
+        default_mpp=slide.mpp if slide.mpp_assumed else cohort.default_mpp,
+        slide_id=str(slide.pk),
+        # Computed at import: the loader workers read it instead of recomputing it per bag.
+        tissue_mask_path=str(mask_path) if mask_path is not None else None,
+        tissue_l0_per_px=slide.tissue_l0_per_px if mask_path is not None else None,
+    )
 
 
 def validation_truth_fn(cohort: Cohort) -> TruthFn | None:
