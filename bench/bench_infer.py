@@ -153,6 +153,14 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile (CUDA only)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--readers", type=int, default=None, help="reader threads")
+    parser.add_argument(
+        "--reader-processes",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="read in this many worker processes instead of threads (0: threads); several "
+        "values: the end-to-end and reading-only figures for each",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--width", type=int, default=6144, help="synthetic slide width (px)")
     parser.add_argument("--height", type=int, default=4608, help="synthetic slide height (px)")
@@ -202,7 +210,7 @@ def main() -> None:
         model, device, channels_last=config.channels_last, compile_model=config.compile
     )
 
-    def end_to_end(network: nn.Module) -> tuple[int, float]:
+    def end_to_end(network: nn.Module, processes: int) -> tuple[int, float]:
         best, totals = float("inf"), [0]
         for _ in range(args.repeats):
             start = time.perf_counter()
@@ -214,6 +222,7 @@ def main() -> None:
                 device=device,
                 batch_size=args.batch_size,
                 readers=readers,
+                reader_processes=processes,
                 on_progress=lambda _done, total: totals.append(total),
             )
             _sync(device)
@@ -223,8 +232,12 @@ def main() -> None:
     # Warm-up (cuDNN autotuning, compile, OpenSlide caches), not timed.
     model_only(net, config, device, args.batch_size)
     compute = model_only(net, config, device, args.batch_size)
-    read_patches, read_seconds = end_to_end(NullModel(cells))
-    patches, seconds = end_to_end(net)
+    rows = []
+    for processes in args.reader_processes:
+        readers_text = f"{processes} processes" if processes else f"{readers} threads"
+        read_patches, read_seconds = end_to_end(NullModel(cells), processes)
+        patches, seconds = end_to_end(net, processes)
+        rows.append((readers_text, patches, seconds, read_patches, read_seconds))
     serial = [
         sequential(net, slide_path, config, device, args.batch_size) for _ in range(args.repeats)
     ]
@@ -235,25 +248,30 @@ def main() -> None:
     print(f"\nmachine: {machine()}")
     print(
         f"{args.arch} stride {args.output_stride}, {PATCH} px at {MPP} um/px, {precision}, "
-        f"{layout}, batch {args.batch_size}, {readers} reader threads, torch threads "
-        f"{torch.get_num_threads()}, slide {args.width} x {args.height} ({patches} tissue "
-        f"patches of {cells[0]} x {cells[1]} cells), best of {args.repeats}\n"
+        f"{layout}, batch {args.batch_size}, torch threads {torch.get_num_threads()}, slide "
+        f"{args.width} x {args.height} ({serial_patches} tissue patches of {cells[0]} x "
+        f"{cells[1]} cells), best of {args.repeats}\n"
     )
-    print("| measure | patches | seconds | patches/s |")
-    print("| --- | --- | --- | --- |")
-    print(f"| end to end (`infer_slide`) | {patches} | {seconds:.2f} | {patches / seconds:,.0f} |")
+    print("| measure | readers | patches | seconds | patches/s |")
+    print("| --- | --- | --- | --- | --- |")
+    for readers_text, patches, seconds, read_patches, read_seconds in rows:
+        print(
+            f"| end to end (`infer_slide`) | {readers_text} | {patches} | {seconds:.2f} | "
+            f"{patches / seconds:,.0f} |"
+        )
+        print(
+            f"| reading only (null model) | {readers_text} | {read_patches} | "
+            f"{read_seconds:.2f} | {read_patches / read_seconds:,.0f} |"
+        )
+    print(f"| model only (random batch on device) | - | {args.batch_size} | - | {compute:,.0f} |")
     print(
-        f"| reading only (null model) | {read_patches} | {read_seconds:.2f} | "
-        f"{read_patches / read_seconds:,.0f} |"
+        f"| sequential baseline (read, then model) | 1 thread | {serial_patches} | "
+        f"{serial_seconds:.2f} | {serial_patches / serial_seconds:,.0f} |"
     )
-    print(f"| model only (random batch on device) | {args.batch_size} | - | {compute:,.0f} |")
-    print(
-        f"| sequential baseline (read, then model) | {serial_patches} | {serial_seconds:.2f} | "
-        f"{serial_patches / serial_seconds:,.0f} |"
-    )
+    best = max(patches / seconds for _text, patches, seconds, _rp, _rs in rows)
     if device.type == "cuda" and args.arch == "resnet50":
-        verdict = "met" if patches / seconds >= TARGET_GPU else "NOT met"
-        print(f"\ntarget >= {TARGET_GPU:,.0f} patches/s end to end: {verdict}")
+        verdict = "met" if best >= TARGET_GPU else "NOT met"
+        print(f"\ntarget >= {TARGET_GPU:,.0f} patches/s end to end: {verdict} (best {best:,.0f})")
 
 
 if __name__ == "__main__":

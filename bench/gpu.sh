@@ -5,8 +5,8 @@
 #   bench/gpu.sh REAL_SLIDE OUTDIR [PYTHON]
 #
 # REAL_SLIDE is read by the end-to-end training figure (e.g. cmu-1-small-region.svs). The
-# synthetic 32768 x 24576 slide that inference reads is generated on a spare core while the
-# training benchmark compiles; its log says when it was ready.
+# synthetic 32768 x 24576 slide that inference reads is generated first, alone, so that no
+# figure shares the CPU with it.
 set -u
 slide=${1:?usage: bench/gpu.sh REAL_SLIDE OUTDIR [PYTHON]}
 out=${2:?usage: bench/gpu.sh REAL_SLIDE OUTDIR [PYTHON]}
@@ -21,18 +21,16 @@ export PYTHONUNBUFFERED=1
   2>&1 | tee "$out/machine.txt"
 
 start=$SECONDS
-"$python" bench/bench_infer.py --generate-only --workdir "$work" "${size[@]}" \
-  >"$out/generate.log" 2>&1 &
-generator=$!
+"$python" bench/bench_infer.py --generate-only --workdir "$work" "${size[@]}" 2>&1 \
+  | tee "$out/generate.log"
 
-timeout 330 "$python" bench/bench_train.py --device cuda --arch resnet50 --patches 150 \
-  --amp --channels-last --compile --warmup 3 --steps 30 --num-workers 8 12 --slide "$slide" \
-  2>&1 | tee "$out/train.log"
+timeout 240 "$python" bench/bench_train.py --device cuda --arch resnet50 --patches 150 \
+  --amp --channels-last --compile --warmup 3 --steps 30 --num-workers 12 14 \
+  --slide "$slide" --workdir "$work" 2>&1 | tee "$out/train.log"
 echo "bench_train: exit ${PIPESTATUS[0]} after $((SECONDS - start)) s"
 
-wait "$generator"
-echo "slide generation: exit $? ($(tail -n 1 "$out/generate.log"))"
-timeout 200 "$python" bench/bench_infer.py --device cuda --arch resnet50 --amp --channels-last \
-  --batch-size 256 --readers 14 --workdir "$work" "${size[@]}" 2>&1 | tee "$out/infer.log"
+timeout 240 "$python" bench/bench_infer.py --device cuda --arch resnet50 --amp --channels-last \
+  --batch-size 128 --readers 14 --reader-processes 0 8 15 --workdir "$work" "${size[@]}" \
+  2>&1 | tee "$out/infer.log"
 echo "bench_infer: exit ${PIPESTATUS[0]} after $((SECONDS - start)) s"
 rm -rf "$work"
