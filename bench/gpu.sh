@@ -24,13 +24,14 @@ start=$SECONDS
 "$python" bench/bench_infer.py --generate-only --workdir "$work" "${size[@]}" 2>&1 \
   | tee "$out/generate.log"
 
-timeout 240 "$python" bench/bench_train.py --device cuda --arch resnet50 --patches 150 \
+timeout 150 "$python" bench/bench_train.py --device cuda --arch resnet50 --patches 150 \
   --amp --channels-last --compile --warmup 3 --steps 30 --num-workers 12 14 \
   --slide "$slide" --workdir "$work" 2>&1 | tee "$out/train.log"
 echo "bench_train: exit ${PIPESTATUS[0]} after $((SECONDS - start)) s"
 
-timeout 240 "$python" bench/bench_infer.py --device cuda --arch resnet50 --amp --channels-last \
-  --batch-size 128 --readers 14 --reader-processes 0 8 15 --workdir "$work" "${size[@]}" \
+timeout 120 "$python" bench/bench_infer.py --device cuda --arch resnet50 --amp --channels-last \
+  --batch-size 128 --readers 14 --reader-processes 0 15 --skip-sequential --workdir "$work" \
+  "${size[@]}" \
   2>&1 | tee "$out/infer.log"
 echo "bench_infer: exit ${PIPESTATUS[0]} after $((SECONDS - start)) s"
 rm -rf "$work"

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, RandomSampler, Sampler
 
 from common.errors import InvalidInputError, TumorMapError
@@ -200,11 +200,6 @@ def make_loader(
     )
 
 
-def _check_cancel(should_stop: Callable[[], bool] | None, epoch: int, step: int) -> None:
-    if should_stop is not None and should_stop():
-        raise RunCancelled(epoch, step)
-
-
 def train_one_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -236,8 +231,43 @@ def train_one_epoch(
     start = last = time.perf_counter()
     iterator = iter(loader)
     step = 0
+    # The loss of a step is read back (a host-device synchronisation) only once the next step
+    # has been queued, so the GPU never idles while the host fetches and prepares a batch.
+    # A non-finite loss is therefore reported one optimizer step late, with its own step number.
+    unsettled: tuple[int, int, Tensor, int] | None = None
+
+    def settle() -> None:
+        nonlocal unsettled, total_loss, total_patches, done, last
+        if unsettled is None:
+            return
+        done_step, done_slide, loss_tensor, batch_size = unsettled
+        unsettled = None
+        loss_value = float(loss_tensor)
+        if not math.isfinite(loss_value):
+            raise TrainingDivergedError(
+                f"non-finite training loss {loss_value} at epoch {epoch}, step {done_step}",
+                details={"epoch": epoch, "step": done_step, "slide_index": done_slide},
+            )
+        now = time.perf_counter()
+        total_loss += loss_value
+        total_patches += batch_size
+        done += 1
+        if on_step is not None:
+            on_step(
+                StepInfo(
+                    epoch=epoch,
+                    step=done_step,
+                    steps=steps,
+                    loss=loss_value,
+                    patches_per_s=batch_size / max(now - last, 1e-9),
+                )
+            )
+        last = now
+
     while True:
-        _check_cancel(should_stop, epoch, step)
+        if should_stop is not None and should_stop():
+            settle()
+            raise RunCancelled(epoch, step)
         try:
             item = next(iterator)
         except StopIteration:
@@ -266,29 +296,10 @@ def train_one_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        loss_value = float(loss.detach())
-        if not math.isfinite(loss_value):
-            raise TrainingDivergedError(
-                f"non-finite training loss {loss_value} at epoch {epoch}, step {step}",
-                details={"epoch": epoch, "step": step, "slide_index": slide_index},
-            )
-        now = time.perf_counter()
-        batch_size = int(x.shape[0])
-        total_loss += loss_value
-        total_patches += batch_size
-        done += 1
-        if on_step is not None:
-            on_step(
-                StepInfo(
-                    epoch=epoch,
-                    step=step,
-                    steps=steps,
-                    loss=loss_value,
-                    patches_per_s=batch_size / max(now - last, 1e-9),
-                )
-            )
-        last = now
+        settle()
+        unsettled = (step, slide_index, loss.detach(), int(x.shape[0]))
         step += 1
+    settle()
     elapsed = max(time.perf_counter() - start, 1e-9)
     return {
         "train_loss": total_loss / done if done else math.nan,
