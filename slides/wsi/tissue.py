@@ -209,9 +209,11 @@ def load_tissue_mask_image(
     """
     if not (math.isfinite(l0_per_px) and l0_per_px > 0):
         raise InvalidInputError(f"l0_per_px must be a positive number, got {l0_per_px!r}")
+    if fraction is not None and not 0.0 <= fraction <= 1.0:
+        raise InvalidInputError(f"a tissue fraction lies in [0, 1], got {fraction!r}")
     try:
         with Image.open(os.fspath(path)) as image:
-            mask = np.asarray(image.convert("L")) > 0
+            mask = _nonzero(image)
     except (OSError, ValueError) as exc:
         raise InvalidInputError(
             f"cannot read the tissue mask {os.fspath(path)!r} ({exc})",
@@ -222,6 +224,18 @@ def load_tissue_mask_image(
         l0_per_px=float(l0_per_px),
         fraction=float(mask.mean()) if fraction is None else float(fraction),
     )
+
+
+def _nonzero(image: Image.Image) -> np.ndarray:
+    """Where any channel of an image is non-zero (grey, bilevel, colour or palette)."""
+    if image.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
+        image = image.convert("RGB")
+    values = np.asarray(image)
+    if values.ndim == 3:
+        if image.mode in ("LA", "RGBA", "La", "RGBa"):
+            values = values[..., :-1]  # alpha says nothing about tissue
+        return np.asarray(values.any(axis=2))
+    return np.asarray(values != 0)
 
 
 def slide_tissue_mask(reader: SlideReader, *, max_size: int = MAX_MASK_SIDE) -> TissueMask:

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from common.errors import InvalidInputError
 from slides.wsi.reader import SlideReader
@@ -13,6 +14,7 @@ from slides.wsi.tissue import (
     MAX_MASK_SIDE,
     TissueMask,
     compute_tissue_mask,
+    load_tissue_mask_image,
     mask_l0_per_px,
     slide_tissue_mask,
 )
@@ -144,3 +146,93 @@ def test_mask_matches_the_synthetic_tissue(synthetic_tumor: SyntheticSlide) -> N
     ]
     iou = (tissue.mask & truth).sum() / (tissue.mask | truth).sum()
     assert iou > 0.9
+
+
+def _saved_mask(path: Path) -> np.ndarray:
+    """A random boolean mask saved as an 8-bit PNG (0 glass, 255 tissue); returns the mask."""
+    mask = np.random.default_rng(4).random((30, 45)) < 0.3
+    Image.fromarray(mask.astype(np.uint8) * 255).save(path)
+    return mask
+
+
+def test_stored_mask_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "mask.png"
+    mask = _saved_mask(path)
+    tissue = load_tissue_mask_image(path, l0_per_px=16.0)
+    assert tissue.mask.dtype == bool and tissue.shape == (30, 45)
+    np.testing.assert_array_equal(tissue.mask, mask)
+    assert tissue.l0_per_px == 16.0
+    assert tissue.fraction == pytest.approx(mask.mean())
+    # A string path works too, and a given fraction is kept as given (not recomputed).
+    given = load_tissue_mask_image(str(path), l0_per_px=7.5, fraction=0.42)
+    np.testing.assert_array_equal(given.mask, mask)
+    assert given.l0_per_px == 7.5 and given.fraction == 0.42
+
+
+def test_stored_mask_any_non_zero_pixel_is_tissue(tmp_path: Path) -> None:
+    values = np.array([[0, 1, 2], [128, 0, 255]], dtype=np.uint8)
+    path = tmp_path / "levels.png"
+    Image.fromarray(values).save(path)
+    tissue = load_tissue_mask_image(path, l0_per_px=4.0)
+    np.testing.assert_array_equal(tissue.mask, values > 0)
+    assert tissue.fraction == pytest.approx(4 / 6)
+
+
+def test_stored_mask_matches_the_computed_one(
+    synthetic_tumor: SyntheticSlide, tmp_path: Path
+) -> None:
+    with SlideReader(synthetic_tumor.path) as reader:
+        computed = slide_tissue_mask(reader)
+    path = tmp_path / "tissue.png"
+    Image.fromarray(computed.mask).save(path)  # a bool array is saved as a 1-bit PNG
+    stored = load_tissue_mask_image(path, l0_per_px=computed.l0_per_px)
+    np.testing.assert_array_equal(stored.mask, computed.mask)
+    assert stored.fraction == pytest.approx(computed.fraction)
+    corners = np.random.default_rng(5).integers(0, 2048, size=(50, 2))
+    np.testing.assert_allclose(
+        stored.box_fractions(corners, 100.0), computed.box_fractions(corners, 100.0)
+    )
+
+
+@pytest.mark.parametrize("content", [None, b"\x89PNG not really a png" * 10, b""])
+def test_unreadable_stored_mask(tmp_path: Path, content: bytes | None) -> None:
+    path = tmp_path / "x.png"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(InvalidInputError, match="x.png") as info:
+        load_tissue_mask_image(path, l0_per_px=16.0)
+    assert info.value.details["path"] == str(path)
+
+
+@pytest.mark.parametrize("l0_per_px", [0.0, -1.0, math.nan, math.inf])
+def test_stored_mask_needs_a_positive_scale(tmp_path: Path, l0_per_px: float) -> None:
+    path = tmp_path / "mask.png"
+    _saved_mask(path)
+    with pytest.raises(InvalidInputError, match="l0_per_px"):
+        load_tissue_mask_image(path, l0_per_px=l0_per_px)
+
+
+def test_stored_colour_mask_counts_every_non_zero_channel(tmp_path: Path) -> None:
+    # A grey conversion would round these faint colours to 0 and lose them.
+    rgb = np.zeros((3, 4, 3), dtype=np.uint8)
+    rgb[0, 1] = (1, 0, 0)
+    rgb[2, 3] = (0, 0, 2)
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    tissue = load_tissue_mask_image(tmp_path / "rgb.png", l0_per_px=4.0)
+    expected = np.zeros((3, 4), dtype=bool)
+    expected[0, 1] = expected[2, 3] = True
+    np.testing.assert_array_equal(tissue.mask, expected)
+    # Alpha alone is not tissue.
+    rgba = np.zeros((3, 4, 4), dtype=np.uint8)
+    rgba[..., 3] = 255
+    rgba[1, 2, 1] = 9
+    Image.fromarray(rgba).save(tmp_path / "rgba.png")
+    assert load_tissue_mask_image(tmp_path / "rgba.png", l0_per_px=4.0).mask.sum() == 1
+
+
+@pytest.mark.parametrize("fraction", [-0.1, 1.5, math.nan])
+def test_stored_mask_refuses_an_impossible_fraction(tmp_path: Path, fraction: float) -> None:
+    path = tmp_path / "mask.png"
+    _saved_mask(path)
+    with pytest.raises(InvalidInputError, match="fraction"):
+        load_tissue_mask_image(path, l0_per_px=4.0, fraction=fraction)

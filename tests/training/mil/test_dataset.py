@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
+import math
 import pickle
 from collections.abc import Callable
 from pathlib import Path
@@ -9,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 
 import training.mil.dataset as dataset_module
@@ -39,6 +42,27 @@ def test_slide_entry_validation(tmp_path: Path) -> None:
             SlideEntry(path="x.svs", label=label)
     with pytest.raises(InvalidInputError, match="default_mpp"):
         SlideEntry(path="x.svs", label=0, default_mpp=0.0)
+
+
+def test_slide_entry_stored_mask_validation(tmp_path: Path) -> None:
+    plain = SlideEntry(path="x.svs", label=1)
+    assert plain.tissue_mask_path is None and plain.tissue_l0_per_px is None
+    entry = SlideEntry(
+        path="x.svs",
+        label=1,
+        tissue_mask_path=tmp_path / "m.png",  # type: ignore[arg-type]
+        tissue_l0_per_px=16.0,
+    )
+    assert entry.tissue_mask_path == str(tmp_path / "m.png") and entry.tissue_l0_per_px == 16.0
+    # Both or neither.
+    with pytest.raises(InvalidInputError, match="both its path and its l0_per_px"):
+        SlideEntry(path="x.svs", label=1, tissue_mask_path="m.png")
+    with pytest.raises(InvalidInputError, match="both its path and its l0_per_px") as info:
+        SlideEntry(path="x.svs", label=1, tissue_l0_per_px=16.0)
+    assert info.value.details["path"] == "x.svs"
+    for l0_per_px in (0.0, -1.0, math.nan):
+        with pytest.raises(InvalidInputError, match="tissue_l0_per_px"):
+            SlideEntry(path="x.svs", label=1, tissue_mask_path="m.png", tissue_l0_per_px=l0_per_px)
 
 
 def test_item_structure(fake_entries: Entries, fake_factory: Any) -> None:
@@ -184,3 +208,104 @@ def test_real_patch_sampler_on_a_real_slide(shared_data: Path) -> None:
     assert float(item["patches"].float().mean()) < 235
     loader = DataLoader(ds, batch_size=None, num_workers=1)
     assert torch.equal(next(iter(loader))["l0_xy"], item["l0_xy"])
+
+
+# A small synthetic slide (1500 x 1000 level-0 px at 0.5 um/px) sampled with 32 px patches at
+# 2 um/px, i.e. 128 level-0 px patches on a 64 px candidate lattice.
+SYNTHETIC_CONFIG = RunConfig(
+    alpha=0.2, beta=0.0, patches_per_slide=16, patch_size=32, target_mpp=2.0, seed=4
+)
+
+
+@pytest.fixture(scope="module")
+def synthetic_slide(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from slides.wsi.synthetic import generate_slide
+
+    folder = tmp_path_factory.mktemp("dataset-synthetic")
+    return generate_slide(folder / "tumor.svs", seed=5, tumor=True, width=1500, height=1000).path
+
+
+@pytest.mark.skipif(not SAMPLER_AVAILABLE, reason="slides.wsi.sampler cannot be imported")
+def test_stored_tissue_mask_is_used_instead_of_the_slide(
+    synthetic_slide: Path, tmp_path: Path
+) -> None:
+    from slides.wsi.reader import SlideReader
+    from slides.wsi.sampler import PatchSampler
+    from slides.wsi.tissue import slide_tissue_mask
+
+    with SlideReader(synthetic_slide) as reader:
+        computed = slide_tissue_mask(reader)
+    # The stored mask marks the left quarter of the slide only, glass included.
+    cols = computed.shape[1] // 4
+    region = np.zeros(computed.shape, dtype=bool)
+    region[:, :cols] = True
+    l0_region_width = cols * computed.l0_per_px
+    # The slide's own tissue reaches well beyond that quarter (and misses much of it).
+    assert computed.mask[:, cols:].mean() > 0.3 and computed.mask[:, :cols].mean() < 0.5
+    mask_path = tmp_path / "tissue.png"
+    Image.fromarray(region).save(mask_path)
+    entry = SlideEntry(
+        path=str(synthetic_slide),
+        label=1,
+        tissue_mask_path=str(mask_path),
+        tissue_l0_per_px=computed.l0_per_px,
+    )
+    stored = SlideBagDataset.from_config([entry], SYNTHETIC_CONFIG)
+    item = stored[0]
+    assert item["patches"].shape == (16, 32, 32, 3) and item["patches"].dtype == torch.uint8
+    corners = np.concatenate(
+        [item["l0_xy"].numpy()]
+        + [stored.sample_patches(0, 32, stream=STREAM_TRAIN, epoch=e)[1] for e in range(1, 4)]
+    )
+    # Every patch corner lies in the stored region (a patch holding >= 50% of the region's
+    # tissue starts inside it), and on its stored-mask pixels.
+    assert (corners[:, 0] >= 0).all() and (corners[:, 0] < l0_region_width).all()
+    assert np.isin(corners[:, 0], [0, 64, 128, 192, 256]).all()
+    sampler = stored._sampler(0)
+    assert isinstance(sampler, PatchSampler)
+    np.testing.assert_array_equal(sampler.tissue.mask, region)
+    # The same slide without a stored mask samples its computed tissue, beyond the quarter.
+    plain = SlideBagDataset.from_config(
+        [SlideEntry(path=str(synthetic_slide), label=1)], SYNTHETIC_CONFIG
+    )
+    free = np.concatenate(
+        [plain.sample_patches(0, 32, stream=STREAM_TRAIN, epoch=e)[1] for e in range(4)]
+    )
+    assert (free[:, 0] >= l0_region_width).mean() > 0.5
+    # A loader worker (the entry pickled or forked) loads the stored mask as well.
+    loader = DataLoader(stored, batch_size=None, num_workers=1)
+    assert torch.equal(next(iter(loader))["l0_xy"], item["l0_xy"])
+
+
+@pytest.mark.skipif(not SAMPLER_AVAILABLE, reason="slides.wsi.sampler cannot be imported")
+@pytest.mark.parametrize("stored", ["missing", "corrupt"])
+def test_unreadable_stored_tissue_mask_falls_back_to_the_slide(
+    synthetic_slide: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, stored: str
+) -> None:
+    mask_path = tmp_path / "tissue.png"
+    if stored == "corrupt":
+        mask_path.write_bytes(b"not a png at all" * 32)
+    entry = SlideEntry(
+        path=str(synthetic_slide),
+        label=1,
+        slide_id="fallback-slide",
+        tissue_mask_path=str(mask_path),
+        tissue_l0_per_px=16.0,
+    )
+    with caplog.at_level(logging.WARNING, logger="training.mil.dataset"):
+        item = SlideBagDataset.from_config([entry], SYNTHETIC_CONFIG)[0]
+    # Sampled from the mask computed from the slide: as if no mask had been stored.
+    reference = SlideBagDataset.from_config(
+        [SlideEntry(path=str(synthetic_slide), label=1)], SYNTHETIC_CONFIG
+    )[0]
+    assert torch.equal(item["l0_xy"], reference["l0_xy"])
+    assert torch.equal(item["patches"], reference["patches"])
+    warnings = [
+        record
+        for record in caplog.records
+        if record.name == "training.mil.dataset" and record.levelno == logging.WARNING
+    ]
+    assert len(warnings) == 1
+    message = warnings[0].getMessage()
+    assert "fallback-slide" in message and str(mask_path) in message
+    assert "computing the tissue mask from the slide" in message
