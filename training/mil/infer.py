@@ -455,6 +455,7 @@ def infer_checkpoint(
     batch_size: int = DEFAULT_BATCH_SIZE,
     default_mpp: float | None = None,
     readers: int | None = None,
+    reader_processes: int = 0,
     on_progress: Callable[[int, int, int], None] | None = None,
     should_stop: StopFn | None = None,
 ) -> list[SlideMap]:
@@ -487,6 +488,7 @@ def infer_checkpoint(
                 batch_size=batch_size,
                 default_mpp=default_mpp,
                 readers=readers,
+                reader_processes=reader_processes,
                 on_progress=progress,
                 should_stop=should_stop,
             )

@@ -308,14 +308,21 @@ def heatmap_infer(
     run: TrainingRun,
     slides: list[Slide],
     device: str = "auto",
+    reader_processes: int | None = None,
     on_progress: Callable[[int, int, Slide], None] | None = None,
 ) -> list[HeatMap]:
     """Infer the run's best model over every tissue patch of each slide and store the maps.
+
+    Patches are read by ``reader_processes`` worker processes (default: the
+    ``TUMORMAP_INFER_READER_PROCESSES`` setting; 0 reads with threads).
 
     Each map is saved as a compressed array with its geometry and provenance, and exported as a
     pyramidal TIFF that QuPath and ASAP overlay on the slide. A slide that cannot be read is
     skipped with its reason recorded on the slide; the others are mapped.
     """
+    processes = (
+        settings.TUMORMAP_INFER_READER_PROCESSES if reader_processes is None else reader_processes
+    )
     checkpoint_path = _checkpoint_for(run)
     model, config, normalisation, torch_device = run_model(run, device=device)
     epoch = load_checkpoint(checkpoint_path).epoch  # epochs completed when it was saved
@@ -332,6 +339,7 @@ def heatmap_infer(
                 device=torch_device,
                 default_mpp=slide.mpp if slide.mpp_assumed else run.cohort.default_mpp,
                 tissue=load_tissue_mask(slide),
+                reader_processes=processes,
                 on_progress=functools.partial(_slide_progress, on_progress, slide)
                 if on_progress
                 else None,

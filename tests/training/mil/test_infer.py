@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import logging
+import multiprocessing
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -330,3 +332,133 @@ def test_infer_checkpoint_matches_infer_slide(
     np.testing.assert_array_equal(maps[1].probs, direct.probs)
     assert {i for i, _, _ in progress} == {0, 1}
     assert progress[-1][1] == progress[-1][2]
+
+
+def _children() -> set[int]:
+    """Process ids of this process's live multiprocessing children."""
+    return {int(child.pid) for child in multiprocessing.active_children() if child.pid}
+
+
+def test_reader_processes_give_the_threaded_map(slide: SyntheticSlide) -> None:
+    before = _children()
+    readers_seen: set[int] = set()
+    calls: list[tuple[int, int]] = []
+
+    def progress(done: int, total: int) -> None:
+        calls.append((done, total))
+        readers_seen.update(_children() - before)
+
+    kwargs: dict[str, Any] = {
+        "config": CONFIG,
+        "normalisation": IDENTITY,
+        "device": "cpu",
+        "batch_size": 8,
+    }
+    threaded = infer_slide(DarknessModel(), slide.path, readers=2, **kwargs)
+    processed = infer_slide(
+        DarknessModel(), slide.path, reader_processes=2, on_progress=progress, **kwargs
+    )
+    # Read by two worker processes, which are gone once the map is returned.
+    assert len(readers_seen) == 2
+    assert not _children() - before
+    np.testing.assert_array_equal(processed.valid, threaded.valid)
+    np.testing.assert_array_equal(processed.probs, threaded.probs)
+    assert processed.shape == threaded.shape and processed.l0_cell_size == threaded.l0_cell_size
+    # Batches are consumed in grid order: progress grows by one batch at a time.
+    total = int(grid_valid(slide, 1).sum())
+    assert [done for done, _ in calls] == [min(total, 8 * (i + 1)) for i in range(len(calls))]
+    assert calls[-1] == (total, total)
+
+
+def test_negative_reader_processes_are_refused(slide: SyntheticSlide) -> None:
+    with pytest.raises(InvalidInputError, match="reader_processes") as info:
+        infer_slide(
+            DarknessModel(),
+            slide.path,
+            config=CONFIG,
+            normalisation=IDENTITY,
+            device="cpu",
+            reader_processes=-1,
+        )
+    assert info.value.details["field"] == "reader_processes"
+
+
+def test_cancel_with_reader_processes_ends_them(slide: SyntheticSlide) -> None:
+    before = _children()
+    alive_at_cancel: list[multiprocessing.process.BaseProcess] = []
+    polls = 0
+
+    def stop_after_first_batch() -> bool:
+        nonlocal polls
+        polls += 1
+        if polls == 2:
+            alive_at_cancel.extend(
+                child for child in multiprocessing.active_children() if child.pid not in before
+            )
+            return True
+        return False
+
+    with pytest.raises(InferenceCancelled) as info:
+        infer_slide(
+            DarknessModel(),
+            slide.path,
+            config=CONFIG,
+            normalisation=IDENTITY,
+            device="cpu",
+            batch_size=8,
+            reader_processes=2,
+            should_stop=stop_after_first_batch,
+        )
+    assert info.value.details["done_patches"] == 8
+    assert info.value.details["total_patches"] > 8
+    # The readers were running when inference was cancelled, and have all ended since.
+    assert len(alive_at_cancel) == 2
+    assert all(not child.is_alive() for child in alive_at_cancel)
+    assert not _children() - before
+
+
+class _ListHandler(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def _infer_in_daemon(path: Path, results: Any) -> None:
+    """Runs in a daemonic child: infer with reader processes, send back the map and warnings."""
+    handler = _ListHandler()
+    logging.getLogger("training.mil.infer").addHandler(handler)
+    try:
+        result = infer_slide(
+            DarknessModel(),
+            path,
+            config=CONFIG,
+            normalisation=IDENTITY,
+            device="cpu",
+            reader_processes=2,
+        )
+        results.put(("ok", result.probs, result.valid, handler.messages))
+    except BaseException as exc:  # reported to the test process, which fails on it
+        results.put(("error", repr(exc), None, handler.messages))
+
+
+@pytest.mark.skipif(
+    "fork" not in multiprocessing.get_all_start_methods(), reason="needs the fork start method"
+)
+def test_daemonic_process_reads_with_threads(slide: SyntheticSlide, dark_map: SlideMap) -> None:
+    # A daemonic process (a Celery prefork child) may not start reader processes.
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    child = context.Process(target=_infer_in_daemon, args=(slide.path, results), daemon=True)
+    child.start()
+    try:
+        status, probs, valid, messages = results.get(timeout=120)
+    finally:
+        child.join(timeout=30)
+    assert status == "ok", probs
+    assert child.exitcode == 0
+    np.testing.assert_array_equal(probs, dark_map.probs)
+    np.testing.assert_array_equal(valid, dark_map.valid)
+    assert any("daemonic process" in message and "threads" in message for message in messages)

@@ -25,6 +25,13 @@ class Command(BaseCommand):
         parser.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
         parser.add_argument("--slides", type=int, nargs="+", help="slide ids (instead of --split)")
         parser.add_argument("--device", default="auto")
+        parser.add_argument(
+            "--reader-processes",
+            type=int,
+            default=None,
+            help="read patches in N worker processes (0: threads; default: "
+            "TUMORMAP_INFER_READER_PROCESSES)",
+        )
         parser.add_argument("--json", action="store_true")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -42,7 +49,11 @@ class Command(BaseCommand):
         try:
             slides = heatmap_slides(run, split=options["split"], slide_ids=options["slides"])
             heatmaps = heatmap_infer(
-                run=run, slides=slides, device=options["device"], on_progress=progress
+                run=run,
+                slides=slides,
+                device=options["device"],
+                reader_processes=options["reader_processes"],
+                on_progress=progress,
             )
         except TumorMapError as exc:
             raise CommandError(exc.message) from exc
