@@ -222,7 +222,14 @@ CELERY_BEAT_SCHEDULE = {
         "task": "training.tasks.watchdog",
         "schedule": env.float("TUMORMAP_WATCHDOG_INTERVAL_S", default=30.0),
         "options": {"queue": "cpu"},
-    }
+    },
+    # Unfinished uploads keep their partial file; after a week without a chunk they are
+    # aborted and the file removed, so abandoned uploads cannot fill the disk.
+    "purge-stale-uploads": {
+        "task": "slides.purge_stale_uploads",
+        "schedule": env.float("TUMORMAP_UPLOAD_PURGE_INTERVAL_S", default=3600.0),
+        "options": {"queue": "cpu"},
+    },
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 # A running run that has not reported for this long is taken for dead and queued again (it

@@ -6,6 +6,7 @@ from celery import shared_task
 
 from slides.models import Slide
 from slides.services import slide_compute_tissue
+from slides.services.uploads import uploads_purge_stale
 
 
 @shared_task(name="slides.compute_slide_tissue")
@@ -15,3 +16,9 @@ def compute_slide_tissue(slide_id: int) -> dict[str, object]:
         return {"slide": slide_id, "status": "missing"}
     slide = slide_compute_tissue(slide=slide)
     return {"slide": slide_id, "status": slide.state, "tissue_fraction": slide.tissue_fraction}
+
+
+@shared_task(name="slides.purge_stale_uploads")
+def purge_stale_uploads() -> dict[str, object]:
+    """Abort uploads that received nothing for a week (run by ``celery beat``)."""
+    return {"aborted": uploads_purge_stale()}

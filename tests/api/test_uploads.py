@@ -294,6 +294,32 @@ def test_abort_removes_the_partial_file(env: Env) -> None:
     assert env.put(upload_id, b"z" * 5, 5, 10).status_code == 409
 
 
+def test_stale_uploads_are_aborted_by_the_scheduled_task(env: Env, settings: Any) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from slides.tasks import purge_stale_uploads
+
+    stale_id = env.create("old.svs", b"o" * 10).json()["id"]
+    fresh_id = env.create("new.svs", b"n" * 10).json()["id"]
+    assert env.put(stale_id, b"o" * 5, 0, 10).status_code == 200
+    assert env.put(fresh_id, b"n" * 5, 0, 10).status_code == 200
+    assert len(env.temp_files()) == 2
+    Upload.objects.filter(pk=stale_id).update(updated_at=timezone.now() - timedelta(days=8))
+
+    assert purge_stale_uploads.apply().get() == {"aborted": 1}
+    assert Upload.objects.get(pk=stale_id).state == UploadState.ABORTED
+    assert Upload.objects.get(pk=fresh_id).state == UploadState.RECEIVING
+    assert len(env.temp_files()) == 1  # the fresh upload's partial file is kept
+    # The fresh upload still takes its last chunk (then fails as not a slide, not as aborted).
+    assert env.put(fresh_id, b"n" * 5, 5, 10).status_code != 409
+    assert purge_stale_uploads.apply().get() == {"aborted": 0}
+    # celery beat runs it on the cpu queue.
+    entry = settings.CELERY_BEAT_SCHEDULE["purge-stale-uploads"]
+    assert entry["task"] == "slides.purge_stale_uploads" and entry["options"]["queue"] == "cpu"
+
+
 @pytest.mark.parametrize(
     ("given", "kept"),
     [
