@@ -248,6 +248,10 @@ REST_FRAMEWORK = {
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "config.exception_handler.exception_handler",
+    # Token requests per client address (successful or not): a brake on password guessing.
+    "DEFAULT_THROTTLE_RATES": {"auth-token": env.str("TUMORMAP_AUTH_TOKEN_RATE", default="10/min")},
+    # Behind one reverse proxy (DJANGO_BEHIND_TLS_PROXY), the client is the address it adds.
+    "NUM_PROXIES": 1 if env.bool("DJANGO_BEHIND_TLS_PROXY", default=False) else None,
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "TumorMap API",

@@ -30,6 +30,7 @@ from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.serializers import BaseSerializer
+from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
 from common.errors import AnnotationError, NotFoundError, PayloadTooLargeError
@@ -210,11 +211,15 @@ class TokenCreateApi(Api):
 
     authentication_classes: Sequence[type[authentication.BaseAuthentication]] = ()
     permission_classes = [AllowAny]
+    # Password guessing: attempts per client address (TUMORMAP_AUTH_TOKEN_RATE), successful
+    # or not, counted in each web process's cache.
+    throttle_classes = [ScopedRateThrottle]
+    throttle_scope = "auth-token"
 
     @extend_schema(
         operation_id="auth_token_create",
         request=TokenRequestSerializer,
-        responses={200: TokenSerializer, **errors(400)},
+        responses={200: TokenSerializer, **errors(400, 429)},
         auth=[],
     )
     def post(self, request: Request) -> Response:

@@ -41,6 +41,14 @@ def redis_url() -> str:
 
 
 @pytest.fixture(autouse=True)
+def _fresh_cache() -> None:
+    """Throttle counters live in Django's cache: no test inherits another's attempts."""
+    from django.core.cache import cache
+
+    cache.clear()
+
+
+@pytest.fixture(autouse=True)
 def _ci_runs_on_postgresql(request: pytest.FixtureRequest) -> Iterator[None]:
     """Under CI every database test must run on PostgreSQL, as production does."""
     if IN_CI and request.node.get_closest_marker("django_db"):

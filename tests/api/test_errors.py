@@ -51,6 +51,23 @@ def test_token_login(world: Any, error_shape: Any) -> None:
     error_shape(bad)
 
 
+def test_token_requests_are_throttled_per_address(world: Any, error_shape: Any) -> None:
+    client = APIClient(REMOTE_ADDR="198.51.100.7")
+    for _ in range(10):  # TUMORMAP_AUTH_TOKEN_RATE: 10 a minute by default
+        guess = client.post("/api/auth/token/", {"username": "viewer", "password": "guess"},
+                            format="json")  # fmt: skip
+        assert guess.status_code == 400
+    # The eleventh attempt is refused even with the right password, and says when to retry.
+    right = {"username": "viewer", "password": "pw-viewer-123"}
+    throttled = client.post("/api/auth/token/", right, format="json")
+    assert throttled.status_code == 429
+    error_shape(throttled)
+    assert int(throttled["Retry-After"]) > 0
+    # Another address is not affected.
+    other = APIClient(REMOTE_ADDR="198.51.100.8").post("/api/auth/token/", right, format="json")
+    assert other.status_code == 200 and other.json()["token"] == world.tokens["viewer"]
+
+
 def test_unknown_api_path_is_404_with_a_hint(world: Any, error_shape: Any) -> None:
     client = world.client("viewer")
     response = client.get("/api/nothing/here")
