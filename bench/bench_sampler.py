@@ -36,6 +36,7 @@ import numpy as np
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 
+import slides.wsi.reader as reader_module  # noqa: E402
 from slides.wsi.reader import SlideReader, clear_slide_cache  # noqa: E402
 from slides.wsi.sampler import PatchSampler  # noqa: E402
 from slides.wsi.synthetic import generate_slide  # noqa: E402
@@ -151,7 +152,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=4.0, help="timed seconds per figure")
     parser.add_argument("--workdir", type=Path, default=None, help="where synthetic slides go")
+    parser.add_argument(
+        "--openslide-only",
+        action="store_true",
+        help="read every patch through OpenSlide (no direct JPEG tile decoding)",
+    )
     args = parser.parse_args()
+    if args.openslide_only:
+        # Module state: inherited by the forked worker processes.
+        reader_module.DIRECT_JPEG_TILES = False
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench_sampler_"))
     workdir.mkdir(parents=True, exist_ok=True)
 
@@ -177,7 +186,11 @@ def main() -> None:
         slides.append((power, f"synthetic {power}, {width}x{height}", path))
 
     print(f"\nmachine: {machine()}")
-    print(f"patches/s per core, {PATCH} px at {MPP} um/px, B = {BATCH}, {args.seconds:g} s each")
+    how = "OpenSlide only" if args.openslide_only else "direct JPEG tiles where possible"
+    print(
+        f"patches/s per core, {PATCH} px at {MPP} um/px, B = {BATCH}, {args.seconds:g} s each, "
+        f"{how}"
+    )
     print("(wall clock / CPU time)\n")
     print("| slide | target | mode | 1 process | 2 processes, per core |")
     print("| --- | --- | --- | --- | --- |")

@@ -13,8 +13,9 @@ cells; at 32 level-0 pixels per cell this is invisible.
 Reading overlaps computing: patches are read several batches ahead while the model runs on
 the current batch, either by a small pool of threads (OpenSlide, its pixel conversion and
 Pillow's resize release the GIL) or, with ``reader_processes``, by DataLoader worker processes,
-which a GPU needs: JPEG decoding at 20x costs ~2 ms of CPU per 224 px patch, and the Python
-glue around it keeps threads from scaling much past ~2,000 patches/s. Batches are consumed in
+which a GPU needs: a 224 px patch at 20x costs 0.35-2 ms of CPU to read (direct JPEG tile
+decoding or OpenSlide, see :mod:`slides.wsi.jpeg_tiles`), and the Python glue around it keeps
+threads from scaling much past ~3,000 patches/s on 16 cores. Batches are consumed in
 grid order either way, so the result does not depend on reader timing. On CUDA the model
 runs under bf16 autocast with channels-last memory (as in training); on the CPU it runs in
 fp32.
