@@ -156,7 +156,8 @@ SECURE_HSTS_PRELOAD = not DEBUG
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
-if env.bool("DJANGO_BEHIND_TLS_PROXY", default=False):
+BEHIND_TLS_PROXY: bool = env.bool("DJANGO_BEHIND_TLS_PROXY", default=False)
+if BEHIND_TLS_PROXY:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 # --- Uploads ------------------------------------------------------------------------------------
@@ -251,7 +252,7 @@ REST_FRAMEWORK = {
     # Token requests per client address (successful or not): a brake on password guessing.
     "DEFAULT_THROTTLE_RATES": {"auth-token": env.str("TUMORMAP_AUTH_TOKEN_RATE", default="10/min")},
     # Behind one reverse proxy (DJANGO_BEHIND_TLS_PROXY), the client is the address it adds.
-    "NUM_PROXIES": 1 if env.bool("DJANGO_BEHIND_TLS_PROXY", default=False) else None,
+    "NUM_PROXIES": 1 if BEHIND_TLS_PROXY else None,
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "TumorMap API",

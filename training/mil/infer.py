@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import math
-import multiprocessing
 import os
 import time
 from collections import deque
@@ -53,7 +52,7 @@ from training.mil.device import (
     resolve_device,
     uses_channels_last,
 )
-from training.mil.loop import RunCancelled
+from training.mil.loop import RunCancelled, usable_workers
 from training.mil.maps import SlideMap
 from training.mil.presets import Normalisation, prepare_batch
 
@@ -241,14 +240,6 @@ def _process_batches(
             shutdown()
 
 
-def _may_fork(path: Path) -> bool:
-    if multiprocessing.current_process().daemon:
-        # Daemonic processes (e.g. Celery prefork children) may not have children.
-        logger.warning("%s: running in a daemonic process: reading with threads", path.name)
-        return False
-    return True
-
-
 def _check_logits(logits: Tensor, count: int, path: Path) -> None:
     if logits.dim() != 4 or logits.shape[0] < count or logits.shape[1] != 1:
         raise InferenceError(
@@ -343,7 +334,7 @@ def infer_slide(
     started = time.perf_counter()
     batches = (
         _process_batches(sampler, grid.l0_xy, batch_size, pad_to, pin, reader_processes)
-        if reader_processes and _may_fork(slide_path)
+        if usable_workers(reader_processes)
         else _thread_batches(sampler, grid.l0_xy, batch_size, pad_to, pin, n_readers)
     )
 

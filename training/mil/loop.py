@@ -162,10 +162,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _loader_workers(requested: int) -> int:
+def usable_workers(requested: int) -> int:
+    """``requested`` worker processes, or 0 where none may be started.
+
+    Daemonic processes (e.g. Celery prefork children) may not have children: slides are then
+    read in the calling process (by its threads, where the caller has them).
+    """
     if requested and multiprocessing.current_process().daemon:
-        # Daemonic processes (e.g. Celery prefork children) may not have children.
-        logger.warning("running in a daemonic process: loading slides without workers")
+        logger.warning(
+            "running in a daemonic process: reading slides without worker processes "
+            "(in this process and its threads)"
+        )
         return 0
     return requested
 
@@ -186,7 +193,7 @@ def make_loader(
     """
     if sampler is None and shuffle:
         sampler = RandomSampler(dataset, generator=generator)
-    workers = _loader_workers(config.num_workers)
+    workers = usable_workers(config.num_workers)
     return DataLoader(
         dataset,
         batch_size=None,

@@ -429,7 +429,7 @@ class _ListHandler(logging.Handler):
 def _infer_in_daemon(path: Path, results: Any) -> None:
     """Runs in a daemonic child: infer with reader processes, send back the map and warnings."""
     handler = _ListHandler()
-    logging.getLogger("training.mil.infer").addHandler(handler)
+    logging.getLogger("training.mil").addHandler(handler)
     try:
         result = infer_slide(
             DarknessModel(),
