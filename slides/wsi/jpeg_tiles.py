@@ -18,7 +18,7 @@ OpenSlide.
 
 from __future__ import annotations
 
-import logging
+import itertools
 import os
 import threading
 from collections import OrderedDict
@@ -29,15 +29,62 @@ from typing import Any
 import numpy as np
 import tifffile
 
-logger = logging.getLogger(__name__)
-
 # OpenSlide vendors whose level 0 is the TIFF's first page, stored as plain tiles.
 SUPPORTED_VENDORS = frozenset({"aperio", "generic-tiff"})
 JPEG = 7
-# Decoded tiles kept per open slide: a row of 224 px patches across a 100k px wide slide
-# touches ~400 tiles of 256 px (192 KiB each); 96 MiB holds a full tile row and then some.
-CACHE_BYTES = 96 * 1024**2
+# Decoded tiles kept per process, all slides together: a batch of 128 grid patches touches
+# ~100-250 tiles of 256 px (192 KiB each), a bag of 150 random patches ~500. One budget per
+# process rather than per slide: a loader worker keeps dozens of slides open, and a budget per
+# slide would let it hold gigabytes.
+CACHE_BYTES = 128 * 1024**2
 WHITE = 255
+
+
+class _TileCache:
+    """A process-wide LRU of decoded tiles keyed by (slide instance, tile index)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.lock = threading.Lock()
+        self.tiles: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        self.bytes = 0
+
+    def get(self, key: tuple[int, int]) -> np.ndarray | None:
+        with self.lock:
+            tile = self.tiles.get(key)
+            if tile is not None:
+                self.tiles.move_to_end(key)
+            return tile
+
+    def put(self, key: tuple[int, int], tile: np.ndarray) -> None:
+        with self.lock:
+            if key in self.tiles:
+                return
+            self.tiles[key] = tile
+            self.bytes += tile.nbytes
+            while self.bytes > self.capacity and len(self.tiles) > 1:
+                _, old = self.tiles.popitem(last=False)
+                self.bytes -= old.nbytes
+
+    def drop(self, owner: int) -> None:
+        with self.lock:
+            for key in [key for key in self.tiles if key[0] == owner]:
+                self.bytes -= self.tiles.pop(key).nbytes
+
+
+_cache = _TileCache(CACHE_BYTES)
+_owners = itertools.count()
+
+
+def _fresh_cache_after_fork() -> None:
+    # The parent's tiles belong to its own slide instances, and its lock may have been held by
+    # another thread at fork time: the child starts empty.
+    global _cache
+    _cache = _TileCache(CACHE_BYTES)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_fresh_cache_after_fork)
 
 
 class JpegTiles:
@@ -57,9 +104,8 @@ class JpegTiles:
         self._tables: bytes | None = page.jpegtables
         self._decode: Callable[..., Any] = page.decode
         self._fd = os.open(path, os.O_RDONLY)
-        self._lock = threading.Lock()
-        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
-        self._cache_bytes = 0
+        # Unique per instance: a file replaced on disk and reopened never meets stale tiles.
+        self._owner = next(_owners)
         self.decoded = 0  # tiles decoded so far (for tests and benchmarks)
 
     @classmethod
@@ -101,9 +147,7 @@ class JpegTiles:
         if fd >= 0:
             os.close(fd)
         self._tif.close()
-        with self._lock:
-            self._cache.clear()
-            self._cache_bytes = 0
+        _cache.drop(self._owner)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -134,19 +178,13 @@ class JpegTiles:
         return out
 
     def _tile(self, index: int) -> np.ndarray:
-        with self._lock:
-            tile = self._cache.get(index)
-            if tile is not None:
-                self._cache.move_to_end(index)
-                return tile
-        tile = self._decode_tile(index)
-        with self._lock:
-            if index not in self._cache:
-                self._cache[index] = tile
-                self._cache_bytes += tile.nbytes
-                while self._cache_bytes > CACHE_BYTES and len(self._cache) > 1:
-                    _, old = self._cache.popitem(last=False)
-                    self._cache_bytes -= old.nbytes
+        key = (self._owner, index)
+        tile = _cache.get(key)
+        if tile is None:
+            # Decoded outside the lock, so that threads decode in parallel (libjpeg-turbo
+            # releases the GIL); two threads may rarely decode the same tile, harmlessly.
+            tile = self._decode_tile(index)
+            _cache.put(key, tile)
         return tile
 
     def _decode_tile(self, index: int) -> np.ndarray:

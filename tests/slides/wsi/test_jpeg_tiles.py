@@ -6,6 +6,7 @@ import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ import tifffile
 
 import slides.wsi.reader as reader_module
 from common.errors import SlideUnreadableError
+from slides.wsi import jpeg_tiles
 from slides.wsi.jpeg_tiles import JpegTiles
 from slides.wsi.reader import SlideReader
 from slides.wsi.sampler import PatchSampler
@@ -175,3 +177,29 @@ def test_a_corrupt_tile_is_an_unreadable_slide(
         assert reader.read_patch((0, 0), 224, 0.5).shape == (224, 224, 3)  # tile 0 is fine
         with pytest.raises(SlideUnreadableError, match="corrupt.svs"):
             reader.read_patch((1 * 256 + 10, 1 * 256 + 10), 224, 0.5)  # tile 9 = row 1, col 1
+
+
+def test_decoded_tiles_share_one_budget_per_process(
+    synthetic_tumor: SyntheticSlide, synthetic_normal: SyntheticSlide, monkeypatch: Any
+) -> None:
+    tile_bytes = 256 * 256 * 3
+    small = jpeg_tiles._TileCache(10 * tile_bytes)
+    monkeypatch.setattr(jpeg_tiles, "_cache", small)
+    first, second = _tiles(synthetic_tumor.path), _tiles(synthetic_normal.path)
+    try:
+        first.read(0, 0, 1024, 512)  # 4 x 2 tiles
+        second.read(0, 0, 1024, 512)  # 8 more: the least recently used go
+        assert small.bytes <= 10 * tile_bytes and len(small.tiles) == 10
+        owners = {owner for owner, _index in small.tiles}
+        assert owners == {first._owner, second._owner}
+        # Evicted tiles are decoded again, and read the same.
+        again = first.read(0, 0, 1024, 512)
+        assert first.decoded == 16
+        expected = _openslide_region(synthetic_tumor.path, 0, 0, 1024, 512)
+        np.testing.assert_array_equal(again, expected)
+        second.close()  # a closed slide's tiles leave the cache
+        assert {owner for owner, _index in small.tiles} == {first._owner}
+    finally:
+        first.close()
+        second.close()
+    assert small.bytes == 0 and not small.tiles
