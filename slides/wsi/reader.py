@@ -306,14 +306,11 @@ class SlideReader:
 
     def read_patch_image(self, l0_xy: tuple[int, int], size: int, target_mpp: float) -> Image.Image:
         """Like :meth:`read_patch` but returns the PIL image."""
-        if size <= 0:
-            raise InvalidInputError(f"patch size must be positive, got {size}")
-        level = self.best_level(target_mpp)
-        level_factor = target_mpp / self.metadata.level_mpp(level)
-        l_size = max(1, round(size * level_factor))
+        level, l_size = self._patch_source(size, target_mpp)
         tiles = self._jpeg_tiles() if level == 0 else None
         if tiles is not None:
-            image = Image.fromarray(self._read_tiles(tiles, l0_xy, l_size))
+            region = np.empty((l_size, l_size, 3), dtype=np.uint8)
+            image = Image.fromarray(self._read_tiles(tiles, l0_xy, region))
         else:
             image = _rgba_to_rgb(self._read_rgba(l0_xy, level, (l_size, l_size)))
         return _resize(image, (size, size))
@@ -321,13 +318,20 @@ class SlideReader:
     def read_patch_into(self, out: np.ndarray, l0_xy: tuple[int, int], target_mpp: float) -> None:
         """Read a patch straight into ``out`` (size, size, 3) uint8, as :meth:`read_patch`."""
         size = int(out.shape[0])
+        level, l_size = self._patch_source(size, target_mpp)
+        tiles = self._jpeg_tiles() if level == 0 and l_size == size else None
+        if tiles is not None:
+            self._read_tiles(tiles, l0_xy, out)  # no resize: straight into the batch
+        else:
+            out[...] = self.read_patch_image(l0_xy, size, target_mpp)
+
+    def _patch_source(self, size: int, target_mpp: float) -> tuple[int, int]:
+        """The level a ``size`` px patch at ``target_mpp`` is read from, and its side there."""
+        if size <= 0:
+            raise InvalidInputError(f"patch size must be positive, got {size}")
         level = self.best_level(target_mpp)
-        if level == 0 and round(size * target_mpp / self.metadata.level_mpp(0)) == size:
-            tiles = self._jpeg_tiles()
-            if tiles is not None:
-                self._read_tiles(tiles, l0_xy, size, out=out)
-                return
-        out[...] = self.read_patch_image(l0_xy, size, target_mpp)
+        level_factor = target_mpp / self.metadata.level_mpp(level)
+        return level, max(1, round(size * level_factor))
 
     def _jpeg_tiles(self) -> JpegTiles | None:
         if not DIRECT_JPEG_TILES:
@@ -342,19 +346,18 @@ class SlideReader:
                     self._tiles_checked = True
         return self._tiles
 
-    def _read_tiles(
-        self, tiles: JpegTiles, l0_xy: tuple[int, int], l_size: int, out: np.ndarray | None = None
-    ) -> np.ndarray:
+    def _read_tiles(self, tiles: JpegTiles, l0_xy: tuple[int, int], out: np.ndarray) -> np.ndarray:
+        """Fill ``out`` from level 0 at ``l0_xy`` through the decoded JPEG tiles."""
         if self._slide is None:
             self._handle()  # raises: the slide is closed
-        target = np.empty((l_size, l_size, 3), dtype=np.uint8) if out is None else out
         try:
-            tiles.read_into(target, int(l0_xy[0]), int(l0_xy[1]))
+            tiles.read_into(out, int(l0_xy[0]), int(l0_xy[1]))
         except Exception as exc:  # a corrupt tile: libjpeg, tifffile and OS errors alike
             raise _unreadable(
-                self.path, f"reading {l_size}x{l_size} px at level 0 failed ({exc})"
+                self.path,
+                f"reading {out.shape[1]}x{out.shape[0]} px at level 0 failed ({exc})",
             ) from exc
-        return target
+        return out
 
     def read_patch(self, l0_xy: tuple[int, int], size: int, target_mpp: float) -> np.ndarray:
         """Read a ``(size, size, 3)`` RGB uint8 patch at ``target_mpp`` um/px.
