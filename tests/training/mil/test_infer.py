@@ -226,6 +226,66 @@ def test_cancel_between_batches(slide: SyntheticSlide) -> None:
     assert info.value.details["total_patches"] > 16
 
 
+class RecordingModel(DarknessModel):
+    """The darkness model, writing each forward pass into a shared event log."""
+
+    def __init__(self, events: list[str]) -> None:
+        super().__init__()
+        self.events = events
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.events.append(f"forward {sum(e.startswith('forward') for e in self.events)}")
+        return super().forward(x)
+
+
+def test_next_batch_is_launched_before_the_last_is_stitched(
+    slide: SyntheticSlide, dark_map: SlideMap
+) -> None:
+    events: list[str] = []
+    result = infer_slide(
+        RecordingModel(events),
+        slide.path,
+        config=CONFIG,
+        normalisation=IDENTITY,
+        device="cpu",
+        batch_size=8,
+        on_progress=lambda done, _total: events.append(f"stitched {done}"),
+    )
+    batches = -(-int(grid_valid(slide, 1).sum()) // 8)
+    assert batches > infer_module.BATCHES_IN_FLIGHT
+    # Batch k is stitched only once batch k + 1 has been launched (all of them, at the end).
+    expected = ["forward 0"]
+    done = 0
+    for k in range(1, batches):
+        done = min(done + 8, int(grid_valid(slide, 1).sum()))
+        expected += [f"forward {k}", f"stitched {done}"]
+    expected.append(f"stitched {int(grid_valid(slide, 1).sum())}")
+    assert events == expected
+    np.testing.assert_array_equal(result.probs, dark_map.probs)
+
+
+def test_non_finite_logits_in_a_later_batch_are_refused(slide: SyntheticSlide) -> None:
+    calls = itertools.count()
+
+    def make(n: int) -> Tensor:
+        # Finite for the first two batches, NaN in the third: caught although a fourth batch
+        # may already be running when the third is read back.
+        return torch.full((n, 1, 2, 2), float("nan") if next(calls) == 2 else 0.0)
+
+    stitched: list[int] = []
+    with pytest.raises(InferenceError, match="non-finite"):
+        infer_slide(
+            ConstantModel(make),
+            slide.path,
+            config=CONFIG,
+            normalisation=IDENTITY,
+            device="cpu",
+            batch_size=8,
+            on_progress=lambda done, _total: stitched.append(done),
+        )
+    assert stitched == [8, 16]
+
+
 @pytest.mark.parametrize(
     ("make", "message"),
     [
