@@ -66,6 +66,34 @@ def _lattice(l0_extent: int, l0_patch: float, l0_stride: float) -> np.ndarray:
     return corners
 
 
+def read_patches(
+    path: str | os.PathLike[str],
+    l0_xy: np.ndarray,
+    *,
+    patch_size: int,
+    target_mpp: float,
+    default_mpp: float | None = None,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Read ``patch_size`` px patches at ``target_mpp`` whose level-0 top-left corners are
+    ``l0_xy`` (B, 2) into one (B, S, S, 3) uint8 array: ``out`` when given (pinned or shared
+    memory, say), a new one otherwise.
+
+    Needs no tissue mask, so a reader process can serve any slide from a few numbers.
+    """
+    corners = np.asarray(l0_xy, dtype=np.int64).reshape(-1, 2)
+    shape = (len(corners), patch_size, patch_size, 3)
+    if out is None:
+        out = np.empty(shape, dtype=np.uint8)
+    elif out.shape != shape or out.dtype != np.uint8:
+        raise ValueError(f"out must be a {shape} uint8 array, got {out.shape} {out.dtype}")
+    with open_slide(path, default_mpp=default_mpp) as reader:
+        for i, (l0_x, l0_y) in enumerate(corners.tolist()):
+            # Written straight into the batch (no intermediate array).
+            reader.read_patch_into(out[i], (l0_x, l0_y), target_mpp)
+    return out
+
+
 class PatchSampler:
     """Samples fixed-size RGB patches at ``target_mpp`` um/px from the tissue of one slide.
 
@@ -158,14 +186,13 @@ class PatchSampler:
 
     def read(self, l0_xy: np.ndarray) -> np.ndarray:
         """Read patches at level-0 corners (B, 2) into one (B, S, S, 3) uint8 array."""
-        corners = np.asarray(l0_xy, dtype=np.int64).reshape(-1, 2)
-        size = self.patch_size
-        out = np.empty((len(corners), size, size, 3), dtype=np.uint8)
-        with open_slide(self.path, default_mpp=self.default_mpp) as reader:
-            for i, (l0_x, l0_y) in enumerate(corners.tolist()):
-                # Written straight into the batch (no intermediate array).
-                reader.read_patch_into(out[i], (l0_x, l0_y), self.target_mpp)
-        return out
+        return read_patches(
+            self.path,
+            l0_xy,
+            patch_size=self.patch_size,
+            target_mpp=self.target_mpp,
+            default_mpp=self.default_mpp,
+        )
 
     def sample(self, n: int, rng: np.random.Generator) -> PatchBatch:
         """``n`` uniformly random tissue patches and their corners (as :meth:`sample_positions`)."""

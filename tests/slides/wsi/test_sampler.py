@@ -8,7 +8,7 @@ import pytest
 
 from common.errors import EmptyTissueError, InvalidInputError
 from slides.wsi.reader import SlideReader
-from slides.wsi.sampler import MIN_TISSUE, PatchSampler, sample_patches
+from slides.wsi.sampler import MIN_TISSUE, PatchSampler, read_patches, sample_patches
 from slides.wsi.synthetic import SyntheticSlide, generate_slide, write_aperio_tiff
 from slides.wsi.tissue import TissueMask
 
@@ -52,6 +52,20 @@ def test_patches_are_the_reader_patches(cmu_slide: Path) -> None:
     with SlideReader(cmu_slide) as reader:
         for (x, y), patch in zip(batch.l0_xy.tolist(), batch.patches, strict=True):
             np.testing.assert_array_equal(patch, reader.read_patch((x, y), 64, 1.0))
+
+
+def test_read_patches_fills_a_given_array(cmu_slide: Path) -> None:
+    sampler = PatchSampler(cmu_slide, patch_size=64, target_mpp=1.0)
+    l0_xy = sampler.sample_positions(4, np.random.default_rng(2))
+    out = np.zeros((6, 64, 64, 3), dtype=np.uint8)
+    returned = read_patches(cmu_slide, l0_xy, patch_size=64, target_mpp=1.0, out=out[1:5])
+    assert np.shares_memory(returned, out)
+    np.testing.assert_array_equal(out[1:5], sampler.read(l0_xy))
+    assert not out[0].any() and not out[5].any()  # nothing written outside the view
+    with pytest.raises(ValueError, match=r"\(4, 64, 64, 3\) uint8"):
+        read_patches(cmu_slide, l0_xy, patch_size=64, target_mpp=1.0, out=out[:3])
+    with pytest.raises(ValueError, match="uint8"):
+        read_patches(cmu_slide, l0_xy, patch_size=64, target_mpp=1.0, out=np.zeros((4, 64, 64, 3)))
 
 
 def test_candidates_are_uniform_over_the_tissue(synthetic_tumor: SyntheticSlide) -> None:
