@@ -11,12 +11,13 @@ whole level-0 pixels by the sampler, so a patch may sit up to half a level-0 pix
 cells; at 32 level-0 pixels per cell this is invisible.
 
 Reading overlaps computing: patches are read several batches ahead while the model runs on
-the current batch, either by a small pool of threads (OpenSlide, its pixel conversion and
-Pillow's resize release the GIL) or, with ``reader_processes``, by DataLoader worker processes,
-which a GPU needs: a 224 px patch at 20x costs 0.35-2 ms of CPU to read (direct JPEG tile
-decoding or OpenSlide, see :mod:`slides.wsi.jpeg_tiles`), and the Python glue around it keeps
-threads from scaling much past ~3,000 patches/s on 16 cores. Batches are consumed in
-grid order either way, so the result does not depend on reader timing. On CUDA the model
+the current batch, either by a small pool of threads or, with ``reader_processes``, by reader
+processes that the calling process keeps from one slide to the next
+(:mod:`training.mil.batch_readers`), which a GPU needs: a 224 px patch at 20x costs 0.25-2 ms
+of CPU to read (direct JPEG tile decoding or OpenSlide, see :mod:`slides.wsi.jpeg_tiles`), and
+the Python glue around it keeps threads from scaling much past ~3,000 patches/s on 16 cores.
+Batches are consumed in grid order either way, so the result does not depend on reader
+timing. On CUDA the model
 runs under bf16 autocast with channels-last memory (as in training); on the CPU it runs in
 fp32.
 
@@ -33,24 +34,29 @@ Probabilities are stored as ``round(p * 255)`` in uint8, the form the exact hist
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Generator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
 
 from common.errors import EmptyTissueError, InvalidInputError, TumorMapError
 from slides.wsi.sampler import GRID_MIN_TISSUE, PatchGrid, PatchSampler
 from slides.wsi.tissue import TissueMask
+from training.mil.batch_readers import (
+    BatchRequest,
+    ReaderPool,
+    process_batches,
+    thread_batches,
+)
 from training.mil.checkpoint import load_model
 from training.mil.config import RunConfig
 from training.mil.device import (
@@ -76,9 +82,6 @@ MAX_BATCH_SIZE = 4096
 # ~500-800 patches/s at 20x), capped because OpenSlide's per-handle tile cache is shared and
 # more threads mostly contend for the GIL in Python-level glue.
 MAX_DEFAULT_READERS = 8
-# Batches read ahead of the one being computed, per reader: one in flight per thread plus one
-# ready, so the model never waits for a read that could have started earlier.
-PREFETCH_PER_READER = 2
 # The largest map accepted (cells): a uint8 map plus its bool mask of 2^28 cells take 512 MiB,
 # and the rasterised truth as much again during evaluation. A real slide at the paper's setting
 # (224 px at 0.5 um/px, 7 x 7 cells per patch) has a few million cells; only a misconfiguration
@@ -141,6 +144,14 @@ def _check_arguments(batch_size: int, readers: int) -> None:
         )
 
 
+def _check_reader_processes(processes: int) -> None:
+    if processes < 0:
+        raise InvalidInputError(
+            f"reader_processes must be >= 0, got {processes}",
+            details={"field": "reader_processes"},
+        )
+
+
 def _check_map_size(grid: PatchGrid, cells: tuple[int, int], path: Path) -> None:
     m_rows, m_cols = grid.shape[0] * cells[0], grid.shape[1] * cells[1]
     if m_rows * m_cols > MAX_MAP_CELLS:
@@ -149,106 +160,6 @@ def _check_map_size(grid: PatchGrid, cells: tuple[int, int], path: Path) -> None
             f"{MAX_MAP_CELLS}: use larger patches or a coarser target_mpp",
             details={"path": str(path), "shape": [m_rows, m_cols], "max_cells": MAX_MAP_CELLS},
         )
-
-
-def _read_batch(
-    sampler: PatchSampler, l0_xy: np.ndarray, pad_to: int | None, pin: bool
-) -> tuple[Tensor, int]:
-    """Read one batch on a reader thread: (uint8 NHWC tensor, number of real patches)."""
-    patches = sampler.read(l0_xy)
-    count = len(patches)
-    if pad_to is not None and count < pad_to:
-        # A constant batch shape spares cuDNN autotuning and torch.compile a new shape for the
-        # last, partial batch; the padding's outputs are discarded.
-        padded = np.zeros((pad_to, *patches.shape[1:]), dtype=np.uint8)
-        padded[:count] = patches
-        patches = padded
-    tensor = torch.from_numpy(patches)
-    if pin:
-        # Page-locked memory lets the host-to-device copy run asynchronously.
-        tensor = tensor.pin_memory()
-    return tensor, count
-
-
-def _thread_batches(
-    sampler: PatchSampler,
-    l0_xy: np.ndarray,
-    batch_size: int,
-    pad_to: int | None,
-    pin: bool,
-    readers: int,
-) -> Generator[tuple[Tensor, int], None, None]:
-    """The grid's batches in order, read ahead by a pool of threads."""
-    starts = range(0, len(l0_xy), batch_size)
-    executor = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="tumormap-infer-read")
-    pending: deque[Future[tuple[Tensor, int]]] = deque()
-    queued = 0
-    try:
-        while True:
-            while queued < len(starts) and len(pending) < readers * PREFETCH_PER_READER:
-                start = starts[queued]
-                batch = l0_xy[start : start + batch_size]
-                pending.append(executor.submit(_read_batch, sampler, batch, pad_to, pin))
-                queued += 1
-            if not pending:
-                return
-            yield pending.popleft().result()
-    finally:
-        for future in pending:
-            future.cancel()
-        executor.shutdown(wait=True, cancel_futures=True)
-
-
-class _GridBatches(Dataset[tuple[Tensor, int]]):
-    """Item i = batch i of the grid, read in whichever process loads it.
-
-    Fork-safe: the sampler opens the slide through the reader's per-process handle cache.
-    """
-
-    def __init__(
-        self, sampler: PatchSampler, l0_xy: np.ndarray, batch_size: int, pad_to: int | None
-    ) -> None:
-        self.sampler = sampler
-        self.l0_xy = l0_xy
-        self.batch_size = batch_size
-        self.pad_to = pad_to
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.l0_xy) / self.batch_size)
-
-    def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        start = index * self.batch_size
-        batch = self.l0_xy[start : start + self.batch_size]
-        # Pinned by the DataLoader's pinning thread in the main process, not here.
-        return _read_batch(self.sampler, batch, self.pad_to, pin=False)
-
-
-def _process_batches(
-    sampler: PatchSampler,
-    l0_xy: np.ndarray,
-    batch_size: int,
-    pad_to: int | None,
-    pin: bool,
-    processes: int,
-) -> Generator[tuple[Tensor, int], None, None]:
-    """The grid's batches in order, read ahead by DataLoader worker processes."""
-    loader = DataLoader(
-        _GridBatches(sampler, l0_xy, batch_size, pad_to),
-        batch_size=None,
-        shuffle=False,
-        num_workers=processes,
-        pin_memory=pin,
-        prefetch_factor=PREFETCH_PER_READER,
-    )
-    iterator = iter(loader)
-    try:
-        for batch, count in iterator:
-            yield batch, int(count)
-    finally:
-        # Ends the worker processes now rather than whenever the iterator is collected.
-        shutdown = getattr(iterator, "_shutdown_workers", None)
-        if callable(shutdown):
-            shutdown()
 
 
 def _check_logits(logits: Tensor, count: int, path: Path) -> None:
@@ -296,6 +207,28 @@ def _launch_read_back(logits: Tensor, start: int, count: int) -> _InFlight:
     return _InFlight(start, count, host_levels, host_finite, ready)
 
 
+def batch_requests(
+    path: Path,
+    grid: PatchGrid,
+    config: RunConfig,
+    batch_size: int,
+    default_mpp: float | None,
+    pad_to: int | None,
+) -> list[BatchRequest]:
+    """The grid's patches as consecutive batches of ``batch_size`` for the readers."""
+    return [
+        BatchRequest(
+            path=path,
+            l0_xy=grid.l0_xy[first : first + batch_size],
+            patch_size=config.patch_size,
+            target_mpp=config.target_mpp,
+            default_mpp=default_mpp,
+            pad_to=pad_to,
+        )
+        for first in range(0, len(grid.l0_xy), batch_size)
+    ]
+
+
 def infer_slide(
     model: nn.Module,
     path: str | os.PathLike[str],
@@ -308,6 +241,7 @@ def infer_slide(
     tissue: TissueMask | None = None,
     readers: int | None = None,
     reader_processes: int = 0,
+    reader_pool: ReaderPool | None = None,
     on_progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
 ) -> SlideMap:
@@ -320,22 +254,21 @@ def infer_slide(
     ``torch.inference_mode()``, its training mode restored afterwards. ``tissue`` replaces the
     slide's computed tissue mask; ``default_mpp`` is used when the slide has no resolution
     metadata. ``readers``: reader threads (default :func:`default_readers`);
-    ``reader_processes`` > 0 reads in that many worker processes instead (not from a daemonic
-    process, e.g. a Celery prefork child, which falls back to threads).
+    ``reader_processes`` > 0 reads in that many processes instead, started for this call (not
+    from a daemonic process, e.g. a Celery prefork child, which falls back to threads);
+    ``reader_pool`` (from :func:`open_reader_pool`) reads in processes already started, kept
+    for the caller's next slides.
 
     ``on_progress(done_patches, total_patches)`` is called after every batch;
     ``should_stop()`` is polled before every batch and raises :class:`InferenceCancelled`.
     Raises EmptyTissueError when the grid holds no tissue patch, SlideUnreadableError when the
-    slide cannot be read, InferenceError when the model's output is unusable.
+    slide cannot be read, InferenceError when the model's output is unusable,
+    ReaderProcessError when a reader process dies.
     """
     slide_path = Path(os.fspath(path))
     n_readers = default_readers() if readers is None else int(readers)
     _check_arguments(batch_size, n_readers)
-    if reader_processes < 0:
-        raise InvalidInputError(
-            f"reader_processes must be >= 0, got {reader_processes}",
-            details={"field": "reader_processes"},
-        )
+    _check_reader_processes(reader_processes)
     dev = resolve_device(device)
     sampler = PatchSampler(
         slide_path,
@@ -373,11 +306,14 @@ def infer_slide(
     cells = (0, 0)
     done = 0
     started = time.perf_counter()
-    batches = (
-        _process_batches(sampler, grid.l0_xy, batch_size, pad_to, pin, reader_processes)
-        if usable_workers(reader_processes)
-        else _thread_batches(sampler, grid.l0_xy, batch_size, pad_to, pin, n_readers)
-    )
+    requests = batch_requests(slide_path, grid, config, batch_size, default_mpp, pad_to)
+    processes = usable_workers(reader_processes) if reader_pool is None else 0
+    if reader_pool is not None:
+        batches = reader_pool.batches(requests)
+    elif processes:
+        batches = process_batches(requests, processes=processes, pin=pin)
+    else:
+        batches = thread_batches(requests, readers=n_readers, pin=pin)
 
     in_flight: deque[_InFlight] = deque()
 
@@ -490,6 +426,18 @@ def _valid_cells(
     return valid
 
 
+def open_reader_pool(
+    processes: int, device: str | torch.device = "auto"
+) -> contextlib.AbstractContextManager[ReaderPool | None]:
+    """A ``with`` block holding ``processes`` reader processes for several :func:`infer_slide`
+    calls on ``device``, or None (read with threads) for 0 or from a daemonic process."""
+    _check_reader_processes(processes)
+    count = usable_workers(processes)
+    if count == 0:
+        return contextlib.nullcontext(None)
+    return ReaderPool(count, pin=resolve_device(device).type == "cuda")
+
+
 def infer_checkpoint(
     checkpoint_path: str | os.PathLike[str],
     slide_paths: Sequence[str | os.PathLike[str]],
@@ -506,6 +454,7 @@ def infer_checkpoint(
 
     ``on_progress(slide_index, done_patches, total_patches)`` reports within each slide.
     ``torch.compile`` is used when the checkpoint's config asks for it and the device is CUDA.
+    ``reader_processes`` are started once for all the slides.
     Errors are those of :func:`load_model` and :func:`infer_slide`; the first one stops.
     """
     dev = resolve_device(device)
@@ -515,25 +464,26 @@ def infer_checkpoint(
         model, dev, channels_last=config.channels_last, compile_model=config.compile
     )
     maps: list[SlideMap] = []
-    for slide_index, slide_path in enumerate(slide_paths):
+    with open_reader_pool(reader_processes, dev) as pool:  # started once for every slide
+        for slide_index, slide_path in enumerate(slide_paths):
 
-        def progress(done: int, total: int, slide_index: int = slide_index) -> None:
-            if on_progress is not None:
-                on_progress(slide_index, done, total)
+            def progress(done: int, total: int, slide_index: int = slide_index) -> None:
+                if on_progress is not None:
+                    on_progress(slide_index, done, total)
 
-        maps.append(
-            infer_slide(
-                net,
-                slide_path,
-                config=config,
-                normalisation=normalisation,
-                device=dev,
-                batch_size=batch_size,
-                default_mpp=default_mpp,
-                readers=readers,
-                reader_processes=reader_processes,
-                on_progress=progress,
-                should_stop=should_stop,
+            maps.append(
+                infer_slide(
+                    net,
+                    slide_path,
+                    config=config,
+                    normalisation=normalisation,
+                    device=dev,
+                    batch_size=batch_size,
+                    default_mpp=default_mpp,
+                    readers=readers,
+                    reader_pool=pool,
+                    on_progress=progress,
+                    should_stop=should_stop,
+                )
             )
-        )
     return maps

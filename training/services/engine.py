@@ -29,8 +29,9 @@ from training.mil.config import RunConfig
 from training.mil.dataset import SlideEntry, TruthFn
 from training.mil.device import resolve_device
 from training.mil.export import save_map_npz, write_pyramidal_tiff
-from training.mil.infer import infer_slide
+from training.mil.infer import infer_slide, open_reader_pool
 from training.mil.loop import EpochInfo, RunCancelled, StepInfo, fit
+from training.mil.maps import SlideMap
 from training.models import HeatMap, RunStatus, TrainingRun
 from training.services.runs import run_log
 
@@ -303,6 +304,35 @@ def _slide_progress(
     callback(done, total, slide)
 
 
+def _store_map(
+    run: TrainingRun, slide: Slide, slide_map: SlideMap, provenance: dict[str, Any]
+) -> HeatMap:
+    """Save one slide's map (compressed array, pyramidal TIFF overlay) and its HeatMap row."""
+    folder = run_workdir(run) / "maps"
+    root = Path(settings.ARTIFACTS_DIR)
+    map_path = folder / f"{slide.pk}.npz"
+    tiff_path = folder / f"{slide.pk}.tiff"
+    save_map_npz(slide_map, map_path, provenance=provenance)
+    write_pyramidal_tiff(slide_map, tiff_path, slide_l0_size=(slide.width or 0, slide.height or 0))
+    heatmap, _ = HeatMap.objects.update_or_create(
+        run=run,
+        slide=slide,
+        defaults={
+            "epoch": provenance["epoch"],
+            "map_path": str(map_path.relative_to(root)),
+            "tiff_path": str(tiff_path.relative_to(root)),
+            "rows": slide_map.probs.shape[0],
+            "cols": slide_map.probs.shape[1],
+            "l0_origin_x": slide_map.l0_origin[0],
+            "l0_origin_y": slide_map.l0_origin[1],
+            "l0_cell_size": slide_map.l0_cell_size,
+            "tissue_cells": int(slide_map.valid.sum()),
+            "provenance": provenance,
+        },
+    )
+    return heatmap
+
+
 def heatmap_infer(
     *,
     run: TrainingRun,
@@ -313,8 +343,9 @@ def heatmap_infer(
 ) -> list[HeatMap]:
     """Infer the run's best model over every tissue patch of each slide and store the maps.
 
-    Patches are read by ``reader_processes`` worker processes (default: the
-    ``TUMORMAP_INFER_READER_PROCESSES`` setting; 0 reads with threads).
+    Patches are read by ``reader_processes`` processes (default: the
+    ``TUMORMAP_INFER_READER_PROCESSES`` setting; 0 reads with threads), started once for all
+    the slides.
 
     Each map is saved as a compressed array with its geometry and provenance, and exported as a
     pyramidal TIFF that QuPath and ASAP overlay on the slide. A slide that cannot be read is
@@ -326,57 +357,34 @@ def heatmap_infer(
     checkpoint_path = _checkpoint_for(run)
     model, config, normalisation, torch_device = run_model(run, device=device)
     epoch = load_checkpoint(checkpoint_path).epoch  # epochs completed when it was saved
-    folder = run_workdir(run) / "maps"
-    root = Path(settings.ARTIFACTS_DIR)
     results: list[HeatMap] = []
-    for index, slide in enumerate(slides):
-        try:
-            slide_map = infer_slide(
-                model,
-                slide.file_path,
-                config=config,
-                normalisation=normalisation,
-                device=torch_device,
-                default_mpp=slide.mpp if slide.mpp_assumed else run.cohort.default_mpp,
-                tissue=load_tissue_mask(slide),
-                reader_processes=processes,
-                on_progress=functools.partial(_slide_progress, on_progress, slide)
-                if on_progress
-                else None,
-            )
-        except (SlideUnreadableError, EmptyTissueError) as exc:
-            logger.warning("run %s: slide %s not mapped: %s", run.pk, slide.pk, exc.message)
-            continue
-        provenance = {
-            "run": run.pk,
-            "epoch": epoch,
-            "checkpoint": str(checkpoint_path),
-            "config": config.to_dict(),
-            "code_version": code_version(),
-            "slide": slide.original_filename,
-        }
-        map_path = folder / f"{slide.pk}.npz"
-        tiff_path = folder / f"{slide.pk}.tiff"
-        save_map_npz(slide_map, map_path, provenance=provenance)
-        write_pyramidal_tiff(
-            slide_map, tiff_path, slide_l0_size=(slide.width or 0, slide.height or 0)
-        )
-        heatmap, _ = HeatMap.objects.update_or_create(
-            run=run,
-            slide=slide,
-            defaults={
+    with open_reader_pool(processes, torch_device) as pool:
+        for index, slide in enumerate(slides):
+            try:
+                slide_map = infer_slide(
+                    model,
+                    slide.file_path,
+                    config=config,
+                    normalisation=normalisation,
+                    device=torch_device,
+                    default_mpp=slide.mpp if slide.mpp_assumed else run.cohort.default_mpp,
+                    tissue=load_tissue_mask(slide),
+                    reader_pool=pool,
+                    on_progress=functools.partial(_slide_progress, on_progress, slide)
+                    if on_progress
+                    else None,
+                )
+            except (SlideUnreadableError, EmptyTissueError) as exc:
+                logger.warning("run %s: slide %s not mapped: %s", run.pk, slide.pk, exc.message)
+                continue
+            provenance = {
+                "run": run.pk,
                 "epoch": epoch,
-                "map_path": str(map_path.relative_to(root)),
-                "tiff_path": str(tiff_path.relative_to(root)),
-                "rows": slide_map.probs.shape[0],
-                "cols": slide_map.probs.shape[1],
-                "l0_origin_x": slide_map.l0_origin[0],
-                "l0_origin_y": slide_map.l0_origin[1],
-                "l0_cell_size": slide_map.l0_cell_size,
-                "tissue_cells": int(slide_map.valid.sum()),
-                "provenance": provenance,
-            },
-        )
-        results.append(heatmap)
-        logger.info("run %s: mapped slide %s (%d/%d)", run.pk, slide.pk, index + 1, len(slides))
+                "checkpoint": str(checkpoint_path),
+                "config": config.to_dict(),
+                "code_version": code_version(),
+                "slide": slide.original_filename,
+            }
+            results.append(_store_map(run, slide, slide_map, provenance))
+            logger.info("run %s: mapped slide %s (%d/%d)", run.pk, slide.pk, index + 1, len(slides))
     return results

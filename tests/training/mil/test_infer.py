@@ -24,7 +24,13 @@ from slides.wsi.synthetic import SyntheticSlide, generate_slide, truth_mask, wri
 from training.mil import infer as infer_module
 from training.mil.checkpoint import save_checkpoint
 from training.mil.config import RunConfig
-from training.mil.infer import InferenceCancelled, InferenceError, infer_checkpoint, infer_slide
+from training.mil.infer import (
+    InferenceCancelled,
+    InferenceError,
+    infer_checkpoint,
+    infer_slide,
+    open_reader_pool,
+)
 from training.mil.loop import RunCancelled
 from training.mil.maps import SlideMap, map_on_slide, map_tissue, map_truth
 from training.mil.model import build_model
@@ -441,6 +447,8 @@ def test_negative_reader_processes_are_refused(slide: SyntheticSlide) -> None:
             reader_processes=-1,
         )
     assert info.value.details["field"] == "reader_processes"
+    with pytest.raises(InvalidInputError, match="reader_processes"):
+        open_reader_pool(-1)
 
 
 def test_cancel_with_reader_processes_ends_them(slide: SyntheticSlide) -> None:
@@ -475,6 +483,58 @@ def test_cancel_with_reader_processes_ends_them(slide: SyntheticSlide) -> None:
     assert len(alive_at_cancel) == 2
     assert all(not child.is_alive() for child in alive_at_cancel)
     assert not _children() - before
+
+
+def test_a_reader_pool_serves_several_slides_and_ends_with_its_block(
+    slide: SyntheticSlide, dark_map: SlideMap
+) -> None:
+    before = _children()
+    kwargs: dict[str, Any] = {"config": CONFIG, "normalisation": IDENTITY, "device": "cpu"}
+    with open_reader_pool(2, "cpu") as pool:
+        assert pool is not None
+        first = infer_slide(DarknessModel(), slide.path, batch_size=8, reader_pool=pool, **kwargs)
+        readers = _children() - before
+        assert len(readers) == 2
+        # Another call with other batches: the same processes, the same map.
+        second = infer_slide(DarknessModel(), slide.path, batch_size=5, reader_pool=pool, **kwargs)
+        assert _children() - before == readers
+        np.testing.assert_array_equal(first.probs, dark_map.probs)
+        np.testing.assert_array_equal(second.probs, dark_map.probs)
+    assert not _children() - before
+    with pytest.raises(InvalidInputError, match="closed"):
+        infer_slide(DarknessModel(), slide.path, reader_pool=pool, **kwargs)
+    with open_reader_pool(0) as none:
+        assert none is None
+
+
+def test_a_cancelled_call_leaves_the_reader_pool_usable(
+    slide: SyntheticSlide, dark_map: SlideMap
+) -> None:
+    polls = 0
+
+    def stop_after_first_batch() -> bool:
+        nonlocal polls
+        polls += 1
+        return polls == 2
+
+    kwargs: dict[str, Any] = {
+        "config": CONFIG,
+        "normalisation": IDENTITY,
+        "device": "cpu",
+        "batch_size": 8,
+    }
+    with open_reader_pool(2, "cpu") as pool:
+        with pytest.raises(InferenceCancelled):
+            infer_slide(
+                DarknessModel(),
+                slide.path,
+                reader_pool=pool,
+                should_stop=stop_after_first_batch,
+                **kwargs,
+            )
+        # The batches read ahead for the cancelled call are dropped, not served to this one.
+        result = infer_slide(DarknessModel(), slide.path, reader_pool=pool, **kwargs)
+    np.testing.assert_array_equal(result.probs, dark_map.probs)
 
 
 class _ListHandler(logging.Handler):
