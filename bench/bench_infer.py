@@ -336,12 +336,13 @@ def main() -> None:
     tissue = PatchSampler(slide_path, patch_size=PATCH, target_mpp=MPP).tissue
 
     fresh = FreshPaths(slide_path)
+    maps: list[np.ndarray] = []  # every real map made: all must be the same
 
     def timed(network: nn.Module, processes: int, pool: ReaderPool | None) -> Run:
         path = fresh()  # read as a new slide: no tile decoded yet
         marks: list[tuple[float, int]] = []
         start = time.perf_counter()
-        infer_slide(
+        result = infer_slide(
             network,
             path,
             config=config,
@@ -355,7 +356,10 @@ def main() -> None:
             on_progress=functools.partial(_mark, marks),
         )
         _sync(device)
-        return Run.from_marks(start, time.perf_counter(), marks)
+        end = time.perf_counter()
+        if network is net:
+            maps.append(result.probs)
+        return Run.from_marks(start, end, marks)
 
     def end_to_end(network: nn.Module, processes: int) -> Run:
         """Best of the repeats; reader processes, if any, started for each call."""
@@ -454,6 +458,9 @@ def main() -> None:
             f"| sequential baseline (read, then model) | 1 thread | {serial[0]} | "
             f"{serial[1]:.2f} | {serial[0] / serial[1]:,.0f} | - | - |"
         )
+    if maps:
+        same = all(np.array_equal(maps[0], other) for other in maps[1:])
+        print(f"\n{len(maps)} maps made, identical whatever the readers: {'yes' if same else 'NO'}")
     ends = [run.patches / run.seconds for measure, _t, run in rows if measure.startswith("end")]
     if ends and device.type == "cuda" and args.arch == "resnet50":
         best = max(ends)

@@ -270,6 +270,21 @@ def test_next_batch_is_launched_before_the_last_is_stitched(
     np.testing.assert_array_equal(result.probs, dark_map.probs)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_map_matches_the_cpu_map(slide: SyntheticSlide, dark_map: SlideMap) -> None:
+    # On CUDA: padded batches, page-locked asynchronous read-back, one batch in flight.
+    result = infer_slide(
+        DarknessModel(),
+        slide.path,
+        config=CONFIG,
+        normalisation=IDENTITY,
+        device="cuda",
+        batch_size=8,
+    )
+    np.testing.assert_array_equal(result.valid, dark_map.valid)
+    assert int(np.abs(result.probs.astype(int) - dark_map.probs.astype(int)).max()) <= 1
+
+
 def test_non_finite_logits_in_a_later_batch_are_refused(slide: SyntheticSlide) -> None:
     calls = itertools.count()
 
