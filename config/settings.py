@@ -1,10 +1,10 @@
 """Settings, read from the environment (see .env.example).
 
 Zero configuration gives the embedded defaults: SQLite and a filesystem Celery broker under
-``var/``, so the demo runs on a bare machine. ``DATABASE_URL`` switches to PostgreSQL and
-``CELERY_BROKER_URL`` (or ``REDIS_URL``) to Redis. With ``DJANGO_DEBUG`` off (the default) the
-security settings are production-grade: ``manage.py check --deploy`` passes once
-``DJANGO_SECRET_KEY`` and ``DJANGO_ALLOWED_HOSTS`` are set.
+``var/``, so the demo runs on a bare machine. ``DATABASE_URL`` switches to PostgreSQL,
+``CELERY_BROKER_URL`` (or ``REDIS_URL``) the broker to Redis and ``CACHE_URL`` the cache. With
+``DJANGO_DEBUG`` off (the default) the security settings are production-grade: ``manage.py
+check --deploy`` passes once ``DJANGO_SECRET_KEY`` and ``DJANGO_ALLOWED_HOSTS`` are set.
 """
 
 from __future__ import annotations
@@ -236,6 +236,13 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 # A running run that has not reported for this long is taken for dead and queued again (it
 # resumes from its last checkpoint). Validation of a big split reports nothing for minutes.
 TUMORMAP_HEARTBEAT_TIMEOUT_S: float = env.float("TUMORMAP_HEARTBEAT_TIMEOUT_S", default=600.0)
+
+# --- Cache ----------------------------------------------------------------------------------------
+# Token-request throttling counts in the cache: a shared one (CACHE_URL=redis://...) makes the
+# limit hold for a client across every web process and host; the default, memory, counts per
+# process. Use a Redis database of its own, not the broker's: the cache may be cleared.
+CACHES = {"default": env.cache_url("CACHE_URL", default="locmemcache://")}
+CACHES["default"]["KEY_PREFIX"] = "tumormap"
 
 # --- REST framework -------------------------------------------------------------------------------
 REST_FRAMEWORK = {

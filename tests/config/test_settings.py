@@ -21,7 +21,7 @@ print(json.dumps({
     "broker_options": settings.CELERY_BROKER_TRANSPORT_OPTIONS,
     "slides": str(settings.SLIDES_DIR), "artifacts": str(settings.ARTIFACTS_DIR),
     "debug": settings.DEBUG, "ssl_redirect": settings.SECURE_SSL_REDIRECT,
-    "secret_key": settings.SECRET_KEY,
+    "secret_key": settings.SECRET_KEY, "cache": settings.CACHES["default"],
 }))
 """
 
@@ -29,7 +29,7 @@ CONFIG_VARIABLES = (
     "DATABASE_URL", "CELERY_BROKER_URL", "REDIS_URL", "CELERY_RESULT_BACKEND", "DJANGO_DEBUG",
     "DJANGO_SECRET_KEY", "DJANGO_ALLOWED_HOSTS", "TUMORMAP_SLIDES_DIR", "TUMORMAP_ARTIFACTS_DIR",
     "TUMORMAP_MEDIA_DIR", "DJANGO_SECURE_SSL_REDIRECT", "DJANGO_SESSION_COOKIE_SECURE",
-    "DJANGO_CSRF_COOKIE_SECURE",
+    "DJANGO_CSRF_COOKIE_SECURE", "CACHE_URL",
 )  # fmt: skip
 
 
@@ -59,6 +59,7 @@ def test_defaults_are_embedded_under_var(tmp_path: Path) -> None:
     assert str(s["backend"]).startswith("file://")
     assert s["slides"] == str(tmp_path / "slides")
     assert s["artifacts"] == str(tmp_path / "artifacts")
+    assert s["cache"]["BACKEND"] == "django.core.cache.backends.locmem.LocMemCache"  # type: ignore[index]
     # Production-safe unless told otherwise.
     assert s["debug"] is False
     assert s["ssl_redirect"] is True
@@ -78,6 +79,7 @@ def test_environment_switches_to_postgresql_and_redis(tmp_path: Path) -> None:
             tmp_path,
             DATABASE_URL="postgres://tm:pw@db.example:5432/tumormap",
             REDIS_URL="redis://cache.example:6379/1",
+            CACHE_URL="redis://cache.example:6379/2",
             TUMORMAP_SLIDES_DIR=str(tmp_path / "elsewhere"),
             DJANGO_DEBUG="true",
             DJANGO_SECRET_KEY="k" * 60,
@@ -89,6 +91,11 @@ def test_environment_switches_to_postgresql_and_redis(tmp_path: Path) -> None:
     assert s["broker"] == "redis://cache.example:6379/1"
     assert s["backend"] == "redis://cache.example:6379/1"
     assert s["embedded"] is False
+    assert s["cache"] == {  # shared by every web process: throttling holds across them
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": "redis://cache.example:6379/2",
+        "KEY_PREFIX": "tumormap",
+    }
     assert s["slides"] == str(tmp_path / "elsewhere")
     assert s["debug"] is True
     assert s["ssl_redirect"] is False
