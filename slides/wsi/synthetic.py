@@ -22,6 +22,8 @@ import json
 import math
 import os
 import xml.etree.ElementTree as ET
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -61,8 +63,12 @@ MIN_TUMOR_ISLAND_UM2 = 40.0 * 40.0
 # staying within half a truth pixel of the drawn regions.
 SIMPLIFY_TRUTH_PX = 0.5
 # Rows rendered at once: bounds the float temporaries (about 30 bytes per pixel) to ~0.5 GiB
-# even on 32k-wide slides.
+# per band even on 32k-wide slides.
 BAND_ROWS = 512
+RENDER_BYTES_PER_PX = 30
+# Bands render in parallel within this much memory for their temporaries (8 bands of a
+# 32k-wide slide; any number of a 4k-wide one).
+RENDER_TEMP_BYTES = 4 * 1024**3
 JPEG_QUALITY = 80
 # Pyramid levels are added (x4 each) while the level is at least this long on its longer side.
 MIN_LEVEL_SIDE = 256
@@ -347,15 +353,34 @@ def _render(
 
     lut = _stain_lut(rng)
     out = np.empty((h, w, 3), dtype=np.uint8)
-    for l0_y0 in range(0, h, BAND_ROWS):
-        l0_y1 = min(h, l0_y0 + BAND_ROWS)
+
+    def band(l0_y0: int, l0_y1: int, grain: np.ndarray) -> None:
         e = _upsample(eosin, field_l0_per_px, l0_y0, l0_y1, w)
         hm = _upsample(haema, field_l0_per_px, l0_y0, l0_y1, w)
-        grain = rng.random((l0_y1 - l0_y0, w), dtype=np.float32) - 0.5
         e_q = np.clip(e * _STAIN_STEPS + 6.0 * grain * (e > 0.01), 0, 255).astype(np.uint16)
         h_q = np.clip(hm * _STAIN_STEPS + nuclei[l0_y0:l0_y1], 0, 255).astype(np.uint16)
         out[l0_y0:l0_y1] = lut[(e_q << 8) | h_q]
+
+    # Bands are rendered by threads (NumPy and Pillow release the GIL on whole bands); their
+    # grain is drawn here, in band order, so the image does not depend on the thread count.
+    threads = _render_threads(w)
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="synthetic-band") as pool:
+        pending: deque[Future[None]] = deque()
+        for l0_y0 in range(0, h, BAND_ROWS):
+            l0_y1 = min(h, l0_y0 + BAND_ROWS)
+            grain = rng.random((l0_y1 - l0_y0, w), dtype=np.float32) - 0.5
+            pending.append(pool.submit(band, l0_y0, l0_y1, grain))
+            while len(pending) > threads:  # bounds the grains and temporaries alive at once
+                pending.popleft().result()
+        for future in pending:
+            future.result()
     return out
+
+
+def _render_threads(width: int) -> int:
+    """Threads rendering bands at once: the cores, within RENDER_TEMP_BYTES of temporaries."""
+    per_band = RENDER_BYTES_PER_PX * BAND_ROWS * width
+    return max(1, min(os.cpu_count() or 1, RENDER_TEMP_BYTES // per_band))
 
 
 def _smooth_edges(mask: np.ndarray, shape: tuple[int, int], *, sharpen: bool) -> np.ndarray:

@@ -11,6 +11,7 @@ import pytest
 import shapely
 
 from common.errors import InvalidInputError
+from slides.wsi import synthetic as synthetic_module
 from slides.wsi.reader import SlideReader
 from slides.wsi.synthetic import (
     SyntheticSlide,
@@ -101,6 +102,17 @@ def test_generation_is_deterministic(tmp_path: Path) -> None:
     assert first.path.read_bytes() == again.path.read_bytes()
     np.testing.assert_array_equal(first.truth, again.truth)
     assert first.path.read_bytes() != other.path.read_bytes()
+
+
+def test_the_image_does_not_depend_on_the_render_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Several bands (BAND_ROWS each) so that threads really render them side by side.
+    height = 3 * synthetic_module.BAND_ROWS + 100
+    threaded = generate_slide(tmp_path / "t.svs", seed=5, tumor=True, width=700, height=height)
+    monkeypatch.setattr(synthetic_module, "_render_threads", lambda _width: 1)
+    single = generate_slide(tmp_path / "s.svs", seed=5, tumor=True, width=700, height=height)
+    assert threaded.path.read_bytes() == single.path.read_bytes()
 
 
 def test_tumor_is_visible_in_small_patches(synthetic_tumor: SyntheticSlide) -> None:
