@@ -71,6 +71,8 @@ def browser(chromium_executable: Path, monkeypatch: pytest.MonkeyPatch) -> Itera
         from playwright.sync_api import sync_playwright
     except ImportError:
         _unavailable("the playwright package is not installed (pip install -e '.[dev]')")
+    from django.db import connections
+
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     with sync_playwright() as playwright:
         instance = playwright.chromium.launch(
@@ -78,6 +80,10 @@ def browser(chromium_executable: Path, monkeypatch: pytest.MonkeyPatch) -> Itera
         )
         yield instance
         instance.close()
+        # While Playwright's loop is alive, the ORM hands out connections of another context
+        # than the test's (asgiref locals), which pytest-django's teardown never sees: left
+        # open, one kept PostgreSQL from dropping the test database at the end of the session.
+        connections.close_all()
 
 
 @pytest.fixture(scope="session")
