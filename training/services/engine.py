@@ -11,6 +11,8 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -304,21 +306,40 @@ def _slide_progress(
     callback(done, total, slide)
 
 
-def _store_map(
-    run: TrainingRun, slide: Slide, slide_map: SlideMap, provenance: dict[str, Any]
-) -> HeatMap:
-    """Save one slide's map (compressed array, pyramidal TIFF overlay) and its HeatMap row."""
-    folder = run_workdir(run) / "maps"
-    root = Path(settings.ARTIFACTS_DIR)
+@dataclass
+class _MapInProgress:
+    """A slide's map whose files are being written (off the main thread)."""
+
+    slide: Slide
+    slide_map: SlideMap
+    provenance: dict[str, Any]
+    files: Future[tuple[Path, Path]]
+
+
+def _write_map_files(
+    folder: Path, slide: Slide, slide_map: SlideMap, provenance: dict[str, Any]
+) -> tuple[Path, Path]:
+    """The map's compressed array and pyramidal TIFF overlay, each written atomically.
+
+    Touches no database: it runs on a writer thread while the next slide is inferred.
+    """
     map_path = folder / f"{slide.pk}.npz"
     tiff_path = folder / f"{slide.pk}.tiff"
     save_map_npz(slide_map, map_path, provenance=provenance)
     write_pyramidal_tiff(slide_map, tiff_path, slide_l0_size=(slide.width or 0, slide.height or 0))
+    return map_path, tiff_path
+
+
+def _record_map(run: TrainingRun, done: _MapInProgress) -> HeatMap:
+    """Wait for the map's files, then create or update its HeatMap row."""
+    map_path, tiff_path = done.files.result()
+    root = Path(settings.ARTIFACTS_DIR)
+    slide_map = done.slide_map
     heatmap, _ = HeatMap.objects.update_or_create(
         run=run,
-        slide=slide,
+        slide=done.slide,
         defaults={
-            "epoch": provenance["epoch"],
+            "epoch": done.provenance["epoch"],
             "map_path": str(map_path.relative_to(root)),
             "tiff_path": str(tiff_path.relative_to(root)),
             "rows": slide_map.probs.shape[0],
@@ -327,9 +348,10 @@ def _store_map(
             "l0_origin_y": slide_map.l0_origin[1],
             "l0_cell_size": slide_map.l0_cell_size,
             "tissue_cells": int(slide_map.valid.sum()),
-            "provenance": provenance,
+            "provenance": done.provenance,
         },
     )
+    logger.info("run %s: mapped slide %s", run.pk, done.slide.pk)
     return heatmap
 
 
@@ -348,8 +370,10 @@ def heatmap_infer(
     the slides.
 
     Each map is saved as a compressed array with its geometry and provenance, and exported as a
-    pyramidal TIFF that QuPath and ASAP overlay on the slide. A slide that cannot be read is
-    skipped with its reason recorded on the slide; the others are mapped.
+    pyramidal TIFF that QuPath and ASAP overlay on the slide, while the next slide is inferred;
+    its HeatMap row follows once both files are written. A slide that cannot be read is skipped
+    with its reason recorded on the slide; the others are mapped. When a later slide fails, the
+    maps inferred before it are still stored.
     """
     processes = (
         settings.TUMORMAP_INFER_READER_PROCESSES if reader_processes is None else reader_processes
@@ -357,34 +381,55 @@ def heatmap_infer(
     checkpoint_path = _checkpoint_for(run)
     model, config, normalisation, torch_device = run_model(run, device=device)
     epoch = load_checkpoint(checkpoint_path).epoch  # epochs completed when it was saved
+    folder = run_workdir(run) / "maps"
     results: list[HeatMap] = []
-    with open_reader_pool(processes, torch_device) as pool:
-        for index, slide in enumerate(slides):
-            try:
-                slide_map = infer_slide(
-                    model,
-                    slide.file_path,
-                    config=config,
-                    normalisation=normalisation,
-                    device=torch_device,
-                    default_mpp=slide.mpp if slide.mpp_assumed else run.cohort.default_mpp,
-                    tissue=load_tissue_mask(slide),
-                    reader_pool=pool,
-                    on_progress=functools.partial(_slide_progress, on_progress, slide)
-                    if on_progress
-                    else None,
-                )
-            except (SlideUnreadableError, EmptyTissueError) as exc:
-                logger.warning("run %s: slide %s not mapped: %s", run.pk, slide.pk, exc.message)
-                continue
-            provenance = {
-                "run": run.pk,
-                "epoch": epoch,
-                "checkpoint": str(checkpoint_path),
-                "config": config.to_dict(),
-                "code_version": code_version(),
-                "slide": slide.original_filename,
-            }
-            results.append(_store_map(run, slide, slide_map, provenance))
-            logger.info("run %s: mapped slide %s (%d/%d)", run.pk, slide.pk, index + 1, len(slides))
+    previous: _MapInProgress | None = None
+    with (
+        open_reader_pool(processes, torch_device) as pool,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="tumormap-map-files") as writer,
+    ):
+        try:
+            for slide in slides:
+                try:
+                    slide_map = infer_slide(
+                        model,
+                        slide.file_path,
+                        config=config,
+                        normalisation=normalisation,
+                        device=torch_device,
+                        default_mpp=slide.mpp if slide.mpp_assumed else run.cohort.default_mpp,
+                        tissue=load_tissue_mask(slide),
+                        reader_pool=pool,
+                        on_progress=functools.partial(_slide_progress, on_progress, slide)
+                        if on_progress
+                        else None,
+                    )
+                except (SlideUnreadableError, EmptyTissueError) as exc:
+                    logger.warning("run %s: slide %s not mapped: %s", run.pk, slide.pk, exc.message)
+                    continue
+                if previous is not None:
+                    done, previous = previous, None
+                    results.append(_record_map(run, done))
+                provenance = {
+                    "run": run.pk,
+                    "epoch": epoch,
+                    "checkpoint": str(checkpoint_path),
+                    "config": config.to_dict(),
+                    "code_version": code_version(),
+                    "slide": slide.original_filename,
+                }
+                files = writer.submit(_write_map_files, folder, slide, slide_map, provenance)
+                previous = _MapInProgress(slide, slide_map, provenance, files)
+            if previous is not None:
+                done, previous = previous, None
+                results.append(_record_map(run, done))
+        except BaseException:
+            if previous is not None:
+                # The map inferred before the failure is kept, as it would have been had its
+                # files been written before the next slide started.
+                try:
+                    results.append(_record_map(run, previous))
+                except Exception:
+                    logger.exception("run %s: slide %s not stored", run.pk, previous.slide.pk)
+            raise
     return results
