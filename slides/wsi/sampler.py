@@ -76,8 +76,8 @@ def read_patches(
     out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Read ``patch_size`` px patches at ``target_mpp`` whose level-0 top-left corners are
-    ``l0_xy`` (B, 2) into one (B, S, S, 3) uint8 array: ``out`` when given (pinned or shared
-    memory, say), a new one otherwise.
+    ``l0_xy`` (B, 2) into one (B, S, S, 3) uint8 array: ``out`` when given (page-locked memory,
+    say), a new one otherwise.
 
     Needs no tissue mask, so a reader process can serve any slide from a few numbers.
     """

@@ -154,7 +154,6 @@ class ReaderPool:
         if processes < 1:
             raise ValueError(f"a reader pool needs at least one process, got {processes}")
         self.processes = processes
-        self.pin = pin
         self._requests = _Requests()
         self._loader: DataLoader[Any] = DataLoader(
             _RequestDataset(),

@@ -17,9 +17,8 @@ processes that the calling process keeps from one slide to the next
 of CPU to read (direct JPEG tile decoding or OpenSlide, see :mod:`slides.wsi.jpeg_tiles`), and
 the Python glue around it keeps threads from scaling much past ~3,000 patches/s on 16 cores.
 Batches are consumed in grid order either way, so the result does not depend on reader
-timing. On CUDA the model
-runs under bf16 autocast with channels-last memory (as in training); on the CPU it runs in
-fp32.
+timing. On CUDA the model runs under bf16 autocast with channels-last memory (as in
+training); on the CPU it runs in fp32.
 
 The device never waits for the host: batch k+1 is copied and launched before batch k's
 probabilities are read back (``BATCHES_IN_FLIGHT``), and each batch's read-back is an
@@ -307,10 +306,9 @@ def infer_slide(
     done = 0
     started = time.perf_counter()
     requests = batch_requests(slide_path, grid, config, batch_size, default_mpp, pad_to)
-    processes = usable_workers(reader_processes) if reader_pool is None else 0
     if reader_pool is not None:
         batches = reader_pool.batches(requests)
-    elif processes:
+    elif processes := usable_workers(reader_processes):
         batches = process_batches(requests, processes=processes, pin=pin)
     else:
         batches = thread_batches(requests, readers=n_readers, pin=pin)

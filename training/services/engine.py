@@ -384,6 +384,13 @@ def heatmap_infer(
     folder = run_workdir(run) / "maps"
     results: list[HeatMap] = []
     previous: _MapInProgress | None = None
+
+    def record_previous() -> None:
+        nonlocal previous
+        if previous is not None:
+            done, previous = previous, None
+            results.append(_record_map(run, done))
+
     with (
         open_reader_pool(processes, torch_device) as pool,
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="tumormap-map-files") as writer,
@@ -407,9 +414,7 @@ def heatmap_infer(
                 except (SlideUnreadableError, EmptyTissueError) as exc:
                     logger.warning("run %s: slide %s not mapped: %s", run.pk, slide.pk, exc.message)
                     continue
-                if previous is not None:
-                    done, previous = previous, None
-                    results.append(_record_map(run, done))
+                record_previous()
                 provenance = {
                     "run": run.pk,
                     "epoch": epoch,
@@ -420,16 +425,13 @@ def heatmap_infer(
                 }
                 files = writer.submit(_write_map_files, folder, slide, slide_map, provenance)
                 previous = _MapInProgress(slide, slide_map, provenance, files)
-            if previous is not None:
-                done, previous = previous, None
-                results.append(_record_map(run, done))
+            record_previous()
         except BaseException:
-            if previous is not None:
-                # The map inferred before the failure is kept, as it would have been had its
-                # files been written before the next slide started.
-                try:
-                    results.append(_record_map(run, previous))
-                except Exception:
-                    logger.exception("run %s: slide %s not stored", run.pk, previous.slide.pk)
+            # The map inferred before the failure is kept, as it would have been had its files
+            # been written before the next slide started.
+            try:
+                record_previous()
+            except Exception:
+                logger.exception("run %s: the last map inferred was not stored", run.pk)
             raise
     return results
